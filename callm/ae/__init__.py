@@ -1,0 +1,1 @@
+"""Stage 1: the 3D convolutional autoencoder that scores every frame."""

@@ -1,0 +1,214 @@
+"""Stage-1 scoring: reconstruct windows, turn each frame's reconstruction error into PSNR, a score and a box.
+
+A frame's value comes from the window, among those scored, that contains it and whose centre (its 9th
+frame, index 8) is nearest. With ``stride=1`` every window scores only its centre frame, as in the CALLM
+paper; with ``stride=k`` windows start every k frames and each scores its middle k frames, k times faster.
+Frames before the first centre and after the last one take the nearest window's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from callm.ae.model import ConvAutoencoder3d
+from callm.device import autocast
+from callm.errors import CallmError
+from callm.video import WINDOW, Video, Window, iter_windows
+
+CENTRE = 8  # the 9th frame of a 16-frame window is the one the paper scores
+
+
+def to_model_range(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 grey frames (..., H, W) to float in [-1, 1], the range of the decoder's Tanh."""
+    tensor = torch.as_tensor(frames)
+    return tensor.float().div_(127.5).sub_(1.0)
+
+
+def psnr_from_mse(mse: np.ndarray | torch.Tensor) -> np.ndarray:
+    """PSNR in dB of frames in [-1, 1], measured as images in [0, 1] (peak 1): 10 log10(1 / (mse / 4))."""
+    mse01 = np.asarray(mse, dtype=np.float64) / 4.0
+    return 10.0 * np.log10(1.0 / np.maximum(mse01, 1e-10))
+
+
+ERROR_KINDS = ("frame", "motion")
+
+
+def error_maps(clips: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:
+    """Squared-error maps (B, T, H, W) of clips and their reconstructions, both (B, T, H, W) in [-1, 1].
+
+    ``frame`` compares pixels, as the CALLM paper does. ``motion`` compares the change from the previous
+    frame: an autoencoder of normal footage redraws a person where they stand but cannot redraw motion it
+    has never seen (a bike's speed, a cart's path), and static texture errors cancel out. Frame 0 has no
+    predecessor and takes frame 1's map.
+    """
+    if kind == "frame":
+        return (reconstruction - clips).square_()
+    if kind == "motion":
+        diff = (reconstruction[:, 1:] - reconstruction[:, :-1]) - (clips[:, 1:] - clips[:, :-1])
+        diff = diff.square_()
+        return torch.cat([diff[:, :1], diff], dim=1)
+    raise CallmError(f"unknown error kind {kind!r}: use one of {', '.join(ERROR_KINDS)}")
+
+
+def frame_mse(errors: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean squared error per frame from squared-error maps (N, H, W).
+
+    ``patch == 0`` averages the whole frame (the paper's PSNR); ``patch > 0`` takes the worst
+    ``patch x patch`` region, so a small abnormal object is not diluted by a large static background.
+    """
+    if patch <= 0:
+        return errors.mean(dim=(-2, -1))
+    pooled = F.avg_pool2d(errors[:, None], kernel_size=patch, stride=max(1, patch // 2))
+    return pooled.flatten(1).amax(dim=1)
+
+
+def error_box(error: np.ndarray, frame_size: tuple[int, int], blur: int) -> list[int]:
+    """Box ``[x0, y0, x1, y1]`` in original-frame pixels around the region of largest reconstruction error.
+
+    The error map is smoothed, the blob above half its peak that holds the peak is taken, and its bounding
+    box is scaled from model resolution to the frame's own size.
+    """
+    h, w = error.shape
+    k = max(3, blur | 1)
+    smooth = cv2.GaussianBlur(error.astype(np.float32), (k, k), 0)
+    peak = float(smooth.max())
+    y, x = np.unravel_index(int(smooth.argmax()), smooth.shape)
+    if peak <= 0:
+        return [0, 0, frame_size[1], frame_size[0]]
+    mask = (smooth >= 0.5 * peak).astype(np.uint8)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    ys, xs = np.nonzero(labels == labels[y, x])
+    sy, sx = frame_size[0] / h, frame_size[1] / w
+    return [
+        int(np.floor(xs.min() * sx)),
+        int(np.floor(ys.min() * sy)),
+        int(np.ceil((xs.max() + 1) * sx)),
+        int(np.ceil((ys.max() + 1) * sy)),
+    ]
+
+
+@dataclass
+class FrameScores:
+    """Per-frame stage-1 output of one video."""
+
+    psnr: np.ndarray  # (n,) dB, lower = worse reconstruction
+    boxes: np.ndarray  # (n, 4) int, [x0, y0, x1, y1] in original-frame pixels
+    windows_scored: int
+
+
+def scored_range(stride: int) -> tuple[int, int]:
+    """Offsets [lo, hi) inside a window of the frames it scores: its middle ``stride`` frames."""
+    if not 1 <= stride <= WINDOW:
+        raise CallmError(f"--stride must be between 1 and {WINDOW}, got {stride}")
+    lo = CENTRE - stride // 2
+    return lo, lo + stride
+
+
+class FrameScorer:
+    """Scores videos with a trained autoencoder; stateless between videos."""
+
+    def __init__(
+        self,
+        model: ConvAutoencoder3d,
+        patch: int,
+        error: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        stride: int = 1,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.patch = patch
+        self.error = error
+        self.device = device
+        self.dtype = dtype
+        self.stride = stride
+        self.batch_size = batch_size
+        scored_range(stride)  # validate early
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.model.config.height, self.model.config.width
+
+    @torch.inference_mode()
+    def reconstruction_errors(self, clips: np.ndarray) -> torch.Tensor:
+        """Squared error maps (B, T, H, W) of uint8 clips (B, T, H, W)."""
+        x = to_model_range(clips).to(self.device)[:, None]
+        with autocast(self.device, self.dtype):
+            y = self.model(x)
+        return error_maps(x[:, 0], y.float()[:, 0], self.error).cpu()
+
+    def score(self, video: Video, on_window: Callable[[int], None] | None = None) -> FrameScores:
+        """Stream ``video`` window by window; ``on_window(frames_done)`` reports progress."""
+        return self.score_frames(
+            video.frames(self.size), (video.info.height, video.info.width), str(video.path), on_window
+        )
+
+    def score_frames(
+        self,
+        frames: Iterable[np.ndarray],
+        frame_size: tuple[int, int],
+        source: str,
+        on_window: Callable[[int], None] | None = None,
+    ) -> FrameScores:
+        """Score a stream of uint8 grey frames already at model size; boxes are scaled to ``frame_size``."""
+        psnr: dict[int, float] = {}
+        boxes: dict[int, list[int]] = {}
+        distance: dict[int, int] = {}
+        windows = 0
+        windows_iter = iter_windows(frames, step=self.stride, source=source)
+        for batch in _batched(windows_iter, self.batch_size):
+            errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
+            for window, error in zip(batch, errors, strict=True):
+                windows += 1
+                self._assign(window, error, frame_size, psnr, boxes, distance)
+                if on_window is not None:
+                    on_window(window.start + WINDOW)
+        n = max(psnr) + 1
+        return FrameScores(
+            psnr=np.array([psnr[i] for i in range(n)], dtype=np.float64),
+            boxes=np.array([boxes[i] for i in range(n)], dtype=np.int64),
+            windows_scored=windows,
+        )
+
+    def _assign(
+        self,
+        window: Window,
+        error: torch.Tensor,
+        frame_size: tuple[int, int],
+        psnr: dict[int, float],
+        boxes: dict[int, list[int]],
+        distance: dict[int, int],
+    ) -> None:
+        lo, hi = scored_range(self.stride)
+        if window.start == 0:
+            lo = 0  # the first window also covers the frames before its centre
+        if window.last:
+            hi = WINDOW  # and the last one the frames after it
+        offsets = [o for o in range(lo, hi) if abs(o - CENTRE) < distance.get(window.start + o, WINDOW + 1)]
+        if not offsets:
+            return
+        mse = frame_mse(error[offsets], self.patch).numpy()
+        blur = max(3, self.patch or min(error.shape[-2:]) // 16)
+        for o, value in zip(offsets, psnr_from_mse(mse), strict=True):
+            frame = window.start + o
+            psnr[frame] = float(value)
+            boxes[frame] = error_box(error[o].numpy(), frame_size, blur)
+            distance[frame] = abs(o - CENTRE)
+
+
+def _batched(items: Iterable[Window], size: int) -> Iterator[list[Window]]:
+    batch: list[Window] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,208 @@
+"""The ``callm`` command: parses options, calls the pipeline, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from callm.console import console, err_console, make_progress
+from callm.errors import CallmError
+
+app = typer.Typer(
+    name="callm",
+    help="Find abnormal moments in video and explain them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2"
+
+
+def _user_errors(func: F) -> F:
+    """Turn a ``CallmError`` into one line on stderr and exit 1; Ctrl-C into exit 130."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CallmError as exc:
+            err_console.print(f"callm: error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("callm: interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _default_weights() -> Path:
+    env = os.environ.get("CALLM_WEIGHTS")
+    return Path(env) if env else SHIPPED_WEIGHTS
+
+
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", "-w", help="Stage-1 weights folder (default: $CALLM_WEIGHTS or the shipped Ped2 model)."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")]
+DtypeOpt = Annotated[str, typer.Option(help="Autocast precision: bf16 (AMX on recent CPUs), fp16, fp32.")]
+FpsOpt = Annotated[float, typer.Option("--fps", help="Frame rate of frame folders (videos carry their own).")]
+StrideOpt = Annotated[
+    int,
+    typer.Option(
+        help="Frames between windows; each window scores its middle STRIDE frames (1 = the paper).", min=1, max=16
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Gate threshold on the calibrated score (default: the calibrated one).")
+]
+
+
+def _stage1(
+    weights: Path | None,
+    stride: int,
+    threshold: float | None,
+    min_event: int,
+    max_gap: int,
+    fps: float,
+    device: str,
+    dtype: str,
+) -> Any:
+    from callm.ae.weights import load
+    from callm.cascade import DetectOptions, Stage1
+    from callm.device import parse_dtype, pick_device
+
+    torch_device = pick_device(device)
+    options = DetectOptions(
+        stride=stride, threshold=threshold, min_event_frames=min_event, max_gap=max_gap, folder_fps=fps
+    )
+    return Stage1(load(weights or _default_weights(), torch_device), options, torch_device, parse_dtype(dtype))
+
+
+@app.command("train-ae")
+@_user_errors
+def train_ae_command(
+    data: Annotated[list[Path], typer.Argument(help="Normal footage: videos, frame folders, or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (checkpoints go inside).")],
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    lr: float = 2e-4,
+    seed: int = 0,
+    size: Annotated[int, typer.Option(help="Model input height and width.")] = 256,
+    widths: Annotated[str, typer.Option(help="Encoder channel widths, comma-separated.")] = "32,64,128,128",
+    crop: Annotated[int, typer.Option(help="Train on crops of this side (0 = whole frames).")] = 64,
+    holdout: Annotated[float, typer.Option(help="Share of videos held out to calibrate the gate.")] = 0.15,
+    quantile: Annotated[float, typer.Option(help="Share of held-out normal frames below the threshold.")] = 0.99,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+) -> None:
+    """Train the stage-1 autoencoder on normal footage and calibrate its gate."""
+    from callm.ae.model import AEConfig
+    from callm.ae.train import ScoringSettings, TrainSettings, train_ae
+    from callm.device import parse_dtype, pick_device
+
+    try:
+        width_list = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        raise CallmError(f"--widths must be comma-separated integers, got {widths!r}") from None
+    config = AEConfig(height=size, width=size, widths=width_list)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop)
+    scoring = ScoringSettings(quantile=quantile)
+    with make_progress() as progress:
+        weights = train_ae(
+            data,
+            out,
+            config,
+            settings,
+            scoring,
+            pick_device(device),
+            parse_dtype(dtype),
+            fps,
+            holdout=holdout,
+            resume=resume,
+            progress=progress,
+        )
+    cal = weights.calibration
+    console.print(
+        f"saved {out}: final loss {weights.training['epoch_losses'][-1]:.5f}, "
+        f"{weights.training['train_seconds']:.0f} s training; threshold {cal['threshold']:.3f} "
+        f"from {cal['holdout_frames']} held-out frames"
+    )
+
+
+@app.command()
+@_user_errors
+def detect(
+    path: Annotated[Path, typer.Argument(help="A video file or a folder of frames.")],
+    weights: WeightsOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    stride: StrideOpt = 8,
+    threshold: ThresholdOpt = None,
+    min_event: Annotated[int, typer.Option(help="Drop events shorter than this many frames.")] = 5,
+    max_gap: Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")] = 10,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+) -> None:
+    """Find abnormal moments in one video."""
+    from callm.report import detection_summary, events_table, write_json
+
+    stage1 = _stage1(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
+    with make_progress() as progress:
+        detection = stage1.detect(path, progress)
+    if detection.events:
+        console.print(events_table(detection))
+    console.print(detection_summary(detection))
+    if json_out is not None:
+        write_json(json_out, detection.to_dict())
+
+
+@app.command("eval")
+@_user_errors
+def eval_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root with testing/frames/<video>/ folders.")],
+    labels: Annotated[Path | None, typer.Option(help="UCSD .m ground truth or .npy of frame labels.")] = None,
+    weights: WeightsOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
+    stride: StrideOpt = 8,
+    threshold: ThresholdOpt = None,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+) -> None:
+    """Frame-level ROC AUC of stage 1 on a labelled test set."""
+    from callm.evaluate import evaluate
+    from callm.report import eval_table, write_json
+
+    if not root.is_dir():
+        raise CallmError(f"{root}: not a folder")
+    stage1 = _stage1(weights, stride, threshold, 5, 10, fps, device, dtype)
+    with make_progress() as progress:
+        result = evaluate(root, labels, stage1, progress)
+    console.print(eval_table(result))
+    console.print(
+        f"frame AUC {result['frame_auc']:.4f} (raw {result['frame_auc_raw']:.4f}); at the gate, "
+        f"{100 * result['anomalous_frames_in_gated_windows']:.1f}% of abnormal and "
+        f"{100 * result['normal_frames_in_gated_windows']:.1f}% of normal frames reach stage 2"
+    )
+    if json_out is not None:
+        write_json(json_out, result)
+
+
+def main() -> None:
+    app(prog_name="callm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`callm eval`: frame-level AUC of stage 1 on a labelled test set in the community layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from callm.cascade import Detection, Stage1
+from callm.errors import CallmError
+from callm.metrics import read_frame_labels, roc_auc
+from callm.video import find_videos, natural_key
+
+
+def test_videos(root: Path) -> list[Path]:
+    """Test videos of a dataset root: ``testing/frames/<video>/`` (the community layout) or the root's own."""
+    for candidate in (root / "testing" / "frames", root / "testing", root):
+        if candidate.is_dir():
+            videos = [p for p in find_videos([candidate]) if p != candidate]
+            if videos:
+                return sorted(videos, key=lambda p: natural_key(p.name))
+    raise CallmError(f"{root}: no test videos (expected testing/frames/<video>/ frame folders)")
+
+
+def default_labels(root: Path) -> Path:
+    found = sorted(root.glob("*.m")) + sorted(root.glob("*.npy"))
+    if len(found) != 1:
+        raise CallmError(f"{root}: pass --labels (a UCSD .m ground-truth file or a .npy of frame labels)")
+    return found[0]
+
+
+@dataclass
+class GateCoverage:
+    anomalous_in_gated: float  # share of abnormal frames that stage 2 would see
+    normal_in_gated: float  # share of normal frames sent to stage 2 anyway
+
+
+def gate_coverage(detections: list[Detection], labels: list[np.ndarray]) -> GateCoverage:
+    gated_flags = []
+    for detection in detections:
+        flags = np.zeros(detection.num_frames, dtype=bool)
+        for start in detection.gated_starts:
+            flags[start : start + 16] = True
+        gated_flags.append(flags)
+    gated = np.concatenate(gated_flags)
+    truth = np.concatenate(labels).astype(bool)
+    return GateCoverage(
+        anomalous_in_gated=float(gated[truth].mean()) if truth.any() else float("nan"),
+        normal_in_gated=float(gated[~truth].mean()) if (~truth).any() else float("nan"),
+    )
+
+
+def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Progress | None = None) -> dict[str, Any]:
+    videos = test_videos(root)
+    detections = []
+    task = progress.add_task("videos", total=len(videos)) if progress else None
+    for path in videos:
+        detections.append(stage1.detect(path, progress))
+        if progress is not None and task is not None:
+            progress.update(task, advance=1)
+    labels = read_frame_labels(labels_path or default_labels(root), [d.num_frames for d in detections])
+    truth = np.concatenate(labels)
+    per_video: dict[str, Any] = {}
+    for path, detection, label in zip(videos, detections, labels, strict=True):
+        both = 0 < label.sum() < label.size
+        per_video[path.name] = {
+            "frames": detection.num_frames,
+            "abnormal_frames": int(label.sum()),
+            "auc": roc_auc(label, detection.scores) if both else None,
+            "events": len(detection.events),
+        }
+    coverage = gate_coverage(detections, labels)
+    seconds = sum(d.seconds for d in detections)
+    return {
+        "frame_auc": roc_auc(truth, np.concatenate([d.scores_minmax for d in detections])),
+        "frame_auc_raw": roc_auc(truth, np.concatenate([d.scores for d in detections])),
+        "num_frames": int(truth.size),
+        "num_videos": len(videos),
+        "abnormal_frames": int(truth.sum()),
+        "anomalous_frames_in_gated_windows": coverage.anomalous_in_gated,
+        "normal_frames_in_gated_windows": coverage.normal_in_gated,
+        "threshold": stage1.threshold,
+        "frames_per_second": float(truth.size / seconds) if seconds > 0 else None,
+        "per_video": per_video,
+        "settings": detections[0].settings,
+    }

@@ -1,0 +1,69 @@
+"""Results as rich tables for the terminal and JSON files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from callm.cascade import Detection
+from callm.files import write_json_atomic
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:05.2f}" if hours else f"{minutes}:{secs:05.2f}"
+
+
+def events_table(detection: Detection) -> Table:
+    table = Table(title=f"Events in {Path(detection.video).name}")
+    for name in ("#", "time", "frames", "peak score", "box [x0, y0, x1, y1]"):
+        table.add_column(name, justify="right" if name in ("#", "peak score") else "left")
+    for index, event in enumerate(detection.events, start=1):
+        table.add_row(
+            str(index),
+            f"{_clock(event.start_s)} - {_clock(event.end_s)}",
+            f"{event.start_frame}-{event.end_frame}",
+            f"{event.peak_score:.2f}",
+            str(event.box),
+        )
+    return table
+
+
+def detection_summary(detection: Detection) -> str:
+    duration = detection.num_frames / detection.fps
+    return (
+        f"{Path(detection.video).name}: {len(detection.events)} event(s) in {detection.num_frames} frames "
+        f"({_clock(duration)} at {detection.fps:g} fps); peak score {detection.scores.max():.2f} "
+        f"(threshold {detection.threshold:.2f}); {len(detection.gated_starts)} of "
+        f"{len(detection.window_starts)} windows gated for stage 2; "
+        f"{detection.num_frames / detection.seconds:.1f} frames/s"
+    )
+
+
+def eval_table(result: dict[str, Any]) -> Table:
+    table = Table(title="Stage-1 evaluation")
+    table.add_column("video")
+    table.add_column("frames", justify="right")
+    table.add_column("abnormal", justify="right")
+    table.add_column("AUC", justify="right")
+    table.add_column("events", justify="right")
+    for name, row in result["per_video"].items():
+        auc = "-" if row["auc"] is None else f"{row['auc']:.4f}"
+        table.add_row(name, str(row["frames"]), str(row["abnormal_frames"]), auc, str(row["events"]))
+    table.add_section()
+    table.add_row(
+        "all (per-video min-max)",
+        str(result["num_frames"]),
+        str(result["abnormal_frames"]),
+        f"{result['frame_auc']:.4f}",
+        "",
+    )
+    table.add_row("all (raw, calibrated)", "", "", f"{result['frame_auc_raw']:.4f}", "")
+    return table
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    write_json_atomic(path, data)

@@ -1,0 +1,185 @@
+"""Video input for every stage: open a file or a frame folder, stream grey frames, cut 16-frame windows.
+
+Nothing here holds a whole video: frames are decoded one at a time and windows are cut from a
+bounded deque, so a one-hour video scores in the memory of a few windows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from callm.errors import CallmError
+
+FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv", ".ts", ".mts", ".3gp"}
+)
+DEFAULT_FOLDER_FPS = 10.0  # UCSD Ped1/Ped2 were recorded at about 10 frames per second
+WINDOW = 16  # frames per clip, as in the CALLM paper
+
+# Containers often round their frame count; a decoder that stops this far short of it hit a broken file.
+_TRUNCATION_TOLERANCE = 0.02
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that puts ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    fps: float
+    num_frames: int  # from the container header for files (may be approximate), exact for frame folders
+    width: int
+    height: int
+    is_frame_folder: bool
+
+
+class Video:
+    """A video file or a folder of frames, opened and checked, that streams grey frames on demand."""
+
+    def __init__(self, path: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CallmError(f"{self.path}: no such file or directory")
+        if self.path.is_dir():
+            self._files = _frame_files(self.path)
+            if not self._files:
+                raise CallmError(
+                    f"{self.path}: no frames here ({', '.join(sorted(FRAME_EXTENSIONS))}); "
+                    "pass a video file or a folder of frames"
+                )
+            first = self._read_image(self._files[0])
+            self.info = VideoInfo(self.path, folder_fps, len(self._files), first.shape[1], first.shape[0], True)
+        else:
+            self._files = []
+            self.info = self._probe_file()
+
+    def _probe_file(self) -> VideoInfo:
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            if not cap.isOpened():
+                raise CallmError(f"{self.path}: not a readable video (FFmpeg could not open it)")
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                raise CallmError(f"{self.path}: the video has no decodable frames")
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
+        if not np.isfinite(fps) or fps <= 0 or fps > 1000:
+            fps = 25.0  # some containers carry no rate; 25 is the commonest camera rate
+        return VideoInfo(self.path, float(fps), max(count, 0), frame.shape[1], frame.shape[0], False)
+
+    def _read_image(self, file: Path) -> np.ndarray:
+        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise CallmError(f"{file}: not a readable image")
+        return image
+
+    def frames(self, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """Yield uint8 grey frames, resized to ``size`` = (height, width) when given."""
+
+        def resize(gray: np.ndarray) -> np.ndarray:
+            if size is None or gray.shape == size:
+                return gray
+            return cv2.resize(gray, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+        if self.info.is_frame_folder:
+            for file in self._files:
+                yield resize(self._read_image(file))
+            return
+        cap = cv2.VideoCapture(str(self.path))
+        decoded = 0
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                decoded += 1
+                gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                yield resize(gray)
+        finally:
+            cap.release()
+        expected = self.info.num_frames
+        if expected and decoded < expected * (1 - _TRUNCATION_TOLERANCE) - 1:
+            raise CallmError(f"{self.path}: truncated or damaged video: decoded {decoded} of {expected} frames")
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # index of the window's first frame in the video
+    frames: np.ndarray  # (length, H, W) uint8
+    last: bool  # True for the final window of the video (the stream has ended)
+
+
+def iter_windows(
+    frames: Iterable[np.ndarray], step: int, length: int = WINDOW, source: str = "video"
+) -> Iterator[Window]:
+    """Cut windows of ``length`` frames every ``step`` frames; the final window always ends on the last frame.
+
+    Memory is one window. A stream shorter than ``length`` is an error: no window can be scored.
+    """
+    if step < 1:
+        raise ValueError("step must be >= 1")
+    buffer: deque[np.ndarray] = deque(maxlen=length)
+    count = 0
+    next_start = 0
+    pending: Window | None = None  # held back one step so the final window can be flagged
+    for frame in frames:
+        buffer.append(frame)
+        count += 1
+        start = count - length
+        if start == next_start:
+            if pending is not None:
+                yield pending
+            pending = Window(start, np.stack(buffer), False)
+            next_start += step
+    if count < length:
+        raise CallmError(f"{source}: has {count} frames; at least {length} are needed for one window")
+    final_start = count - length
+    if pending is not None and pending.start == final_start:
+        yield Window(pending.start, pending.frames, True)
+        return
+    if pending is not None:
+        yield pending
+    yield Window(final_start, np.stack(buffer), True)
+
+
+def find_videos(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand user paths into videos: files as given, frame folders, and both found under folders, recursively."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise CallmError(f"{path}: no such file or directory")
+        if path.is_file():
+            found.append(path)
+            continue
+        before = len(found)
+        for folder in sorted([path, *(p for p in path.rglob("*") if p.is_dir())], key=lambda p: natural_key(str(p))):
+            entries = list(folder.iterdir())
+            if any(e.is_file() and e.suffix.lower() in FRAME_EXTENSIONS for e in entries):
+                found.append(folder)
+            found.extend(
+                sorted(
+                    (e for e in entries if e.is_file() and e.suffix.lower() in VIDEO_EXTENSIONS),
+                    key=lambda p: natural_key(p.name),
+                )
+            )
+        if len(found) == before:
+            raise CallmError(f"{path}: no videos or frame folders found under this folder")
+    return found
