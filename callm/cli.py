@@ -94,7 +94,7 @@ def train_ae_command(
     data: Annotated[list[Path], typer.Argument(help="Normal footage: videos, frame folders, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (checkpoints go inside).")],
     epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
     lr: float = 2e-4,
     seed: int = 0,
     size: Annotated[int, typer.Option(help="Model input height and width.")] = 256,

@@ -27,7 +27,8 @@ class InfoColumn(ProgressColumn):
 
 
 def make_progress() -> Progress:
-    # Progress goes to stderr so that stdout stays clean for tables and JSON.
+    # Progress goes to stderr so that stdout stays clean for tables and JSON. Off when stderr is not a
+    # terminal: there rich prints the bars' final state, which would bury a one-line error in a log.
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -36,4 +37,5 @@ def make_progress() -> Progress:
         TimeRemainingColumn(),
         InfoColumn(),
         console=err_console,
+        disable=not err_console.is_terminal,
     )

@@ -61,8 +61,11 @@ def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Pro
         detections.append(stage1.detect(path, progress))
         if progress is not None and task is not None:
             progress.update(task, advance=1)
-    labels = read_frame_labels(labels_path or default_labels(root), [d.num_frames for d in detections])
+    labels_path = labels_path or default_labels(root)
+    labels = read_frame_labels(labels_path, [d.num_frames for d in detections])
     truth = np.concatenate(labels)
+    if not 0 < truth.sum() < truth.size:
+        raise CallmError(f"{labels_path}: frame AUC needs both normal and abnormal frames, but all are one kind")
     per_video: dict[str, Any] = {}
     for path, detection, label in zip(videos, detections, labels, strict=True):
         both = 0 < label.sum() < label.size

@@ -6,6 +6,7 @@ bounded deque, so a one-hour video scores in the memory of a few windows.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,6 +17,10 @@ import cv2
 import numpy as np
 
 from callm.errors import CallmError
+
+# FFmpeg logs its own complaints about a damaged file to stderr; callm reports them as one line instead.
+# Read when OpenCV first opens a video; set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(

@@ -74,8 +74,9 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> AEWeights:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CallmError(f"{meta_path}: damaged weights metadata ({exc.__class__.__name__})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != KIND:
-        raise CallmError(f"{meta_path}: not callm autoencoder weights (kind is {meta.get('kind')!r})")
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind != KIND:
+        raise CallmError(f"{meta_path}: not callm autoencoder weights (kind is {kind!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CallmError(
             f"{meta_path}: weights format {meta.get('format_version')} but this callm reads {FORMAT_VERSION}"

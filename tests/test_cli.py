@@ -1,0 +1,301 @@
+"""The ``callm`` command end to end: train a tiny model, detect, evaluate, and refuse bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import INTRUDER, assert_user_error
+from synthetic import make_frames, write_frame_folder, write_video
+from typer.testing import CliRunner
+
+from callm.ae.weights import META_FILE, TENSORS_FILE
+from callm.cli import app
+
+DETECT_ARGS = ["--device", "cpu", "--dtype", "fp32"]
+
+
+def detect_json(runner: CliRunner, video: Path, weights: Path, out: Path, *extra: str) -> dict:
+    result = runner.invoke(
+        app, ["detect", str(video), "--weights", str(weights), "--json", str(out), *DETECT_ARGS, *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def detections(weights_dir: Path, clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("detect")
+    runner = CliRunner()
+    return {
+        name: detect_json(runner, clip_dir / f"{name}.avi", weights_dir, out / f"{name}.json")
+        for name in ("normal", "intruder")
+    }
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train-ae", "detect", "eval"):
+        assert command in result.stdout
+
+
+def test_train_ae_saves_calibrated_weights(trained) -> None:
+    out, result = trained
+    assert f"saved {out}" in " ".join(result.stdout.split())  # rich may wrap the line
+    assert "threshold" in result.stdout
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["kind"] == "callm-ae"
+    assert meta["config"]["height"] == 32 and meta["config"]["widths"] == [4, 8]
+    assert meta["training"]["epochs"] == 3 and len(meta["training"]["epoch_losses"]) == 3
+    assert meta["calibration"]["holdout_videos"][0].endswith("normal3.avi")
+    assert (out / TENSORS_FILE).is_file()
+
+
+def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip_dir: Path) -> None:
+    data = detections["intruder"]
+    assert {"video", "fps", "num_frames", "threshold", "scores", "events", "windows_total", "windows_gated"} <= set(
+        data
+    )
+    assert data["video"] == str(clip_dir / "intruder.avi")
+    assert data["fps"] == 10.0  # from the container
+    assert data["num_frames"] == 64 and len(data["scores"]) == 64
+    assert data["windows_total"] == 4  # 64 frames tile into four 16-frame windows
+    assert 1 <= data["windows_gated"] <= data["windows_total"]
+    assert data["frame_size"] == [48, 64]
+    assert data["events"], "the intruder raised no event"
+    for event in data["events"]:
+        assert set(event) >= {"start_frame", "end_frame", "start_s", "end_s", "peak_score", "box"}
+        assert event["start_s"] == pytest.approx(event["start_frame"] / 10)
+        assert event["end_s"] == pytest.approx((event["end_frame"] + 1) / 10)
+        assert event["peak_score"] > data["threshold"]
+        x0, y0, x1, y1 = event["box"]
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48  # in the video's own pixels
+
+
+def test_intruder_scores_higher_than_normal_footage(detections: dict[str, dict]) -> None:
+    normal, intruder = detections["normal"], detections["intruder"]
+    assert max(intruder["scores"]) > max(normal["scores"]) + 5
+    # The event covers the intruder's frames and peaks while it is on screen.
+    lo, hi = INTRUDER
+    assert any(e["start_frame"] < hi and e["end_frame"] >= lo for e in intruder["events"])
+    peak = int(np.argmax(intruder["scores"]))
+    assert lo <= peak < hi
+
+
+def test_detect_frame_folder_takes_fps_option(runner: CliRunner, weights_dir: Path, tmp_path: Path) -> None:
+    folder = write_frame_folder(tmp_path / "clip", make_frames(40, seed=11))
+    data = detect_json(runner, folder, weights_dir, tmp_path / "out.json", "--fps", "5", "--stride", "16")
+    assert data["fps"] == 5.0
+    assert data["num_frames"] == 40
+    assert data["settings"]["stride"] == 16
+
+
+def make_dataset(root: Path) -> list[np.ndarray]:
+    """root/testing/frames/01 and /02, each with an intruder; returns the per-video labels."""
+    labels = []
+    for name, seed, span in (("01", 20, (24, 44)), ("02", 21, (8, 28))):
+        write_frame_folder(root / "testing" / "frames" / name, make_frames(64, seed=seed, intruder=span))
+        label = np.zeros(64, dtype=np.uint8)
+        label[span[0] : span[1]] = 1
+        labels.append(label)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    root = tmp_path_factory.mktemp("dataset")
+    return root, make_dataset(root)
+
+
+def test_eval_reports_frame_auc(runner: CliRunner, weights_dir: Path, dataset, tmp_path: Path) -> None:
+    root, labels = dataset
+    np.save(tmp_path / "gt.npy", np.concatenate(labels))
+    out = tmp_path / "metrics.json"
+    args = ["eval", str(root), "--labels", str(tmp_path / "gt.npy"), "-w", str(weights_dir), "--json", str(out)]
+    result = runner.invoke(app, [*args, *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    assert "frame AUC" in result.stdout
+    metrics = json.loads(out.read_text())
+    assert {"frame_auc", "frame_auc_raw", "per_video", "num_frames"} <= set(metrics)
+    assert metrics["num_frames"] == 128 and metrics["abnormal_frames"] == 40
+    assert set(metrics["per_video"]) == {"01", "02"}
+    assert metrics["per_video"]["01"]["frames"] == 64 and metrics["per_video"]["01"]["abnormal_frames"] == 20
+    assert metrics["frame_auc"] > 0.8 and metrics["frame_auc_raw"] > 0.8
+
+
+def test_eval_finds_labels_in_the_root_and_reads_ucsd_m(runner: CliRunner, weights_dir: Path, tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    (tmp_path / "gt.m").write_text(
+        "TestVideoFile{end+1}.gt_frame = [25:44];\nTestVideoFile{end+1}.gt_frame = [9:28];\n"
+    )
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(app, ["eval", str(tmp_path), "-w", str(weights_dir), "--json", str(out), *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["abnormal_frames"] == 40
+    assert metrics["per_video"]["02"]["abnormal_frames"] == 20
+
+
+# --- bad input: exit 1, one line on stderr, no traceback -----------------------------------------------------
+
+
+def truncated(suffix: str) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        full = write_video(tmp / f"full{suffix}", make_frames(48))
+        cut = tmp / f"cut{suffix}"
+        cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+        return cut
+
+    return make
+
+
+def no_frames(suffix: str) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        path = tmp / f"empty{suffix}"
+        codec = "mp4v" if suffix == ".mp4" else "MJPG"
+        cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 10.0, (64, 48)).release()
+        return path
+
+    return make
+
+
+def text_as_mp4(tmp: Path) -> Path:
+    path = tmp / "notes.mp4"
+    path.write_text("not a video\n")
+    return path
+
+
+def empty_folder(tmp: Path) -> Path:
+    (tmp / "nothing").mkdir()
+    (tmp / "nothing" / "readme.txt").write_text("no frames")
+    return tmp / "nothing"
+
+
+BAD_VIDEOS = {
+    "missing path": (lambda tmp: tmp / "missing.mp4", "no such file or directory"),
+    "folder without frames": (empty_folder, "no frames here"),
+    "text file named .mp4": (text_as_mp4, "not a readable video"),
+    "truncated avi": (truncated(".avi"), "truncated or damaged video"),
+    "truncated mp4": (truncated(".mp4"), "not a readable video"),
+    "avi with no frames": (no_frames(".avi"), "no decodable frames"),
+    "mp4 with no frames": (no_frames(".mp4"), "not a readable video"),
+    "shorter than a window": (lambda tmp: write_video(tmp / "short.avi", make_frames(12)), "at least 16 are needed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VIDEOS)
+def test_detect_refuses_bad_video(runner: CliRunner, weights_dir: Path, tmp_path: Path, case: str) -> None:
+    make, message = BAD_VIDEOS[case]
+    video = make(tmp_path)
+    result = runner.invoke(app, ["detect", str(video), "-w", str(weights_dir), *DETECT_ARGS])
+    line = assert_user_error(result, message)
+    assert str(video) in line
+
+
+def kind_changed(folder: Path) -> None:
+    (folder / META_FILE).write_text(json.dumps({"kind": "something-else"}))
+
+
+def tensors_garbled(folder: Path) -> None:
+    (folder / TENSORS_FILE).write_bytes(os.urandom(64) * 8)
+
+
+BAD_WEIGHTS = {
+    "missing": (lambda folder: shutil.rmtree(folder), "weights not found"),
+    "wrong kind": (kind_changed, "not callm autoencoder weights"),
+    "corrupt tensors": (tensors_garbled, "corrupt or not a safetensors file"),
+    "no metadata": (lambda folder: (folder / META_FILE).unlink(), "ae.json is missing"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WEIGHTS)
+def test_detect_refuses_bad_weights(
+    runner: CliRunner, weights_dir: Path, clip_dir: Path, tmp_path: Path, case: str
+) -> None:
+    damage, message = BAD_WEIGHTS[case]
+    weights = tmp_path / "weights"
+    shutil.copytree(weights_dir, weights, ignore=shutil.ignore_patterns("checkpoint", "frame-cache"))
+    damage(weights)
+    result = runner.invoke(app, ["detect", str(clip_dir / "normal.avi"), "-w", str(weights), *DETECT_ARGS])
+    assert_user_error(result, message)
+
+
+def test_eval_refuses_labels_of_another_length(runner: CliRunner, weights_dir: Path, dataset, tmp_path: Path) -> None:
+    root, labels = dataset
+    np.save(tmp_path / "gt.npy", np.concatenate(labels)[:-3])
+    result = runner.invoke(
+        app, ["eval", str(root), "--labels", str(tmp_path / "gt.npy"), "-w", str(weights_dir), *DETECT_ARGS]
+    )
+    assert_user_error(result, "125 labels but the 2 test videos have 128 frames")
+
+
+def test_eval_refuses_labels_without_abnormal_frames(
+    runner: CliRunner, weights_dir: Path, dataset, tmp_path: Path
+) -> None:
+    root, _ = dataset
+    np.save(tmp_path / "gt.npy", np.zeros(128))
+    result = runner.invoke(
+        app, ["eval", str(root), "--labels", str(tmp_path / "gt.npy"), "-w", str(weights_dir), *DETECT_ARGS]
+    )
+    assert_user_error(result, "needs both normal and abnormal frames")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [(lambda tmp: tmp / "nope", "not a folder"), (empty_folder, "no videos or frame folders found")],
+    ids=["missing root", "root without videos"],
+)
+def test_eval_refuses_roots_without_videos(
+    runner: CliRunner, weights_dir: Path, tmp_path: Path, make: Callable[[Path], Path], message: str
+) -> None:
+    result = runner.invoke(app, ["eval", str(make(tmp_path)), "-w", str(weights_dir), *DETECT_ARGS])
+    assert_user_error(result, message)
+
+
+TRAIN_ARGS = ["--size", "32", "--widths", "4,8", "--epochs", "1", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "message"),
+    [
+        (lambda tmp, normal: tmp / "missing", [], "no such file or directory"),
+        (lambda tmp, normal: empty_folder(tmp), [], "no videos or frame folders found"),
+        (lambda tmp, normal: write_video(tmp / "one.avi", make_frames(40)), [], "no normal footage left to calibrate"),
+        (lambda tmp, normal: normal, ["--widths", "4,x"], "--widths must be comma-separated integers"),
+        (lambda tmp, normal: normal, ["--size", "30"], "must divide by 2 in time and 4 in space"),
+        (lambda tmp, normal: normal, ["--resume"], "no checkpoint to resume from"),
+        (lambda tmp, normal: normal, ["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    ],
+    ids=["missing path", "empty folder", "one short video", "bad widths", "bad size", "resume", "bad dtype"],
+)
+def test_train_ae_refuses_bad_input(
+    runner: CliRunner, train_dir: Path, tmp_path: Path, data: Callable, extra: list[str], message: str
+) -> None:
+    args = ["train-ae", str(data(tmp_path, train_dir)), "--out", str(tmp_path / "w"), *TRAIN_ARGS, *extra]
+    assert_user_error(runner.invoke(app, args), message)
+
+
+@pytest.mark.parametrize("case", ["truncated avi", "missing path"])
+def test_console_script_prints_one_line_and_no_traceback(weights_dir: Path, tmp_path: Path, case: str) -> None:
+    """The real ``callm`` executable: nothing from FFmpeg, rich progress or Python reaches the terminal."""
+    make, message = BAD_VIDEOS[case]
+    video = make(tmp_path)
+    script = Path(sys.executable).with_name("callm")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+    args = [str(script), "detect", str(video), "-w", str(weights_dir), *DETECT_ARGS]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"callm: error: {video}: ") and message in lines[0]
