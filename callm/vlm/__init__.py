@@ -1,0 +1,5 @@
+"""Stage 2: a Video-LLaMA explainer built from transformers parts, run only on windows stage 1 gates.
+
+Nothing is imported here on purpose: ``import callm.vlm`` must stay as cheap as stage 1. The entry point for
+the cascade is ``callm.vlm.explain.Explainer``.
+"""

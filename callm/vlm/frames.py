@@ -1,0 +1,69 @@
+"""Clip preparation for stage 2: pick frames, focus on the event's box, resize and normalise as BLIP-2 expects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from transformers import BlipImageProcessorPil
+
+from callm.vlm.config import FOCUS_MODES, Focus
+
+BOX_COLOUR = (255, 0, 0)  # red on RGB frames
+
+
+def sample_indices(num_frames: int, count: int) -> list[int]:
+    """``count`` frames at equal steps from the first: the indices Video-LLaMA's uniform sampling picks."""
+    count = min(count, num_frames)
+    return [int(i * num_frames / count) for i in range(count)]
+
+
+def to_rgb(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W) grey or (T, H, W, 3) RGB uint8 -> (T, H, W, 3) RGB uint8."""
+    if frames.dtype != np.uint8 or not (frames.ndim == 3 or (frames.ndim == 4 and frames.shape[-1] == 3)):
+        raise ValueError(f"frames must be uint8 (T, H, W) or (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return np.repeat(frames[..., None], 3, axis=-1) if frames.ndim == 3 else frames
+
+
+def crop_region(height: int, width: int, box: Sequence[int], scale: float) -> tuple[int, int, int, int]:
+    """The (x0, y0, x1, y1) region a crop keeps: a square around the box, ``scale`` times its longer side.
+
+    Square because the frames are squashed to a square for the ViT; at least half the frame's shorter side so a
+    tiny box is not blown up into a blur; shifted, not cut, where it would leave the frame.
+    """
+    x0, y0, x1, y1 = box
+    side = max(max(x1 - x0, y1 - y0) * scale, min(height, width) / 2)
+    crop_w, crop_h = min(round(side), width), min(round(side), height)
+    left = int(np.clip(round((x0 + x1) / 2 - crop_w / 2), 0, width - crop_w))
+    top = int(np.clip(round((y0 + y1) / 2 - crop_h / 2), 0, height - crop_h))
+    return left, top, left + crop_w, top + crop_h
+
+
+def focus(frames: np.ndarray, box: Sequence[int] | None, mode: Focus, crop_scale: float = 2.0) -> np.ndarray:
+    """Point the model at the event: crop to an enlarged box, draw the box, or leave the frames as they are."""
+    if box is None or mode == "none":
+        return frames
+    if mode == "crop":
+        left, top, right, bottom = crop_region(frames.shape[1], frames.shape[2], box, crop_scale)
+        return frames[:, top:bottom, left:right]
+    if mode == "draw":
+        thickness = max(2, round(min(frames.shape[1:3]) / 100))
+        drawn = np.ascontiguousarray(frames.copy())
+        for frame in drawn:
+            cv2.rectangle(frame, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), BOX_COLOUR, thickness)
+        return drawn
+    raise ValueError(f"unknown focus mode {mode!r}: use one of {', '.join(FOCUS_MODES)}")
+
+
+class FramePreprocessor:
+    """RGB uint8 frames -> (T, 3, S, S) float pixels: bicubic resize to S x S (squashed, no crop, as Video-LLaMA's
+    loader does), scaled to [0, 1] and normalised with the CLIP mean and std that BLIP-2 was trained with."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+        self._processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        return self._processor(images=list(frames), return_tensors="pt")["pixel_values"]

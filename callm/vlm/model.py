@@ -1,0 +1,177 @@
+"""Video-LLaMA's vision-language branch as plain modules: frame encoder, video Q-Former, and the LLM around them.
+
+Nothing here reads a file; ``callm.vlm.checkpoints`` builds these modules and fills them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from callm.vlm.prompt import PLACEHOLDER, Template
+
+
+class FrameEncoder(nn.Module):
+    """BLIP-2's image side: (frames, 3, S, S) pixels -> (frames, queries, width) tokens.
+
+    ``vision_model`` is EVA ViT-g/14 in the real weights; its ``post_layernorm`` plays LAVIS's ``ln_vision``.
+    The Q-Former's learned query tokens read the patch features through cross-attention.
+    """
+
+    def __init__(
+        self, vision_config: Blip2VisionConfig, qformer_config: Blip2QFormerConfig, num_query_tokens: int = 32
+    ) -> None:
+        super().__init__()
+        self.vision_model = Blip2VisionModel(vision_config)
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer_config.hidden_size))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_model.config.image_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        image_embeds = self.vision_model(pixel_values=pixel_values).last_hidden_state
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        return self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds).last_hidden_state
+
+
+class VideoQFormer(nn.Module):
+    """Video-LLaMA's temporal part: (batch, frames, queries, width) frame tokens -> (batch, video queries, LLM width).
+
+    A learned position per frame is added to that frame's tokens, all frames' tokens are flattened into one
+    sequence, and a small Q-Former with its own query tokens summarises it; ``llama_proj`` maps the result
+    into the LLM's embedding space. Attribute names other than ``video_qformer`` are Video-LLaMA's own.
+    """
+
+    def __init__(
+        self,
+        qformer_config: Blip2QFormerConfig,
+        llm_hidden_size: int,
+        num_query_tokens: int = 32,
+        max_frames: int = 32,
+    ) -> None:
+        super().__init__()
+        self.video_frame_position_embedding = nn.Embedding(max_frames, qformer_config.encoder_hidden_size)
+        self.video_qformer = Blip2QFormerModel(qformer_config)
+        self.video_query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer_config.hidden_size))
+        self.llama_proj = nn.Linear(qformer_config.hidden_size, llm_hidden_size)
+
+    @property
+    def max_frames(self) -> int:
+        return self.video_frame_position_embedding.num_embeddings
+
+    def forward(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        batch, frames, queries, width = frame_tokens.shape
+        if frames > self.max_frames:
+            raise ValueError(f"{frames} frames given, the frame position embedding has {self.max_frames}")
+        positions = self.video_frame_position_embedding(torch.arange(frames, device=frame_tokens.device))
+        tokens = (frame_tokens + positions[None, :, None, :]).reshape(batch, frames * queries, width)
+        video_queries = self.video_query_tokens.expand(batch, -1, -1)
+        summary = self.video_qformer(query_embeds=video_queries, encoder_hidden_states=tokens).last_hidden_state
+        return self.llama_proj(summary)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Greedy by default so the same clip always gets the same answer; sampling is opt-in and seeded."""
+
+    max_new_tokens: int = 128
+    sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.9
+    seed: int = 0
+
+
+class StopAtText(StoppingCriteria):
+    """Stop once the decoded reply holds ``text``.
+
+    Decoding instead of matching token ids works with any tokenizer ("###" has several LLaMA tokenizations,
+    which Video-LLaMA lists by hand); replies are short, so decoding each step costs nothing that matters.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, text: str) -> None:
+        self.tokenizer = tokenizer
+        self.text = text
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        # Given only embeddings, generate's input_ids hold just the generated tokens.
+        done = [self.text in self.tokenizer.decode(row, skip_special_tokens=False) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class VideoLLM(nn.Module):
+    """The whole explainer: frames -> video tokens spliced into the prompt at the placeholder -> LLM answer."""
+
+    def __init__(
+        self,
+        frame_encoder: FrameEncoder,
+        video_qformer: VideoQFormer,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        template: Template,
+    ) -> None:
+        super().__init__()
+        self.frame_encoder = frame_encoder
+        self.video_qformer = video_qformer
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.template = template
+
+    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(frames, 3, S, S) pixels of one clip -> (1, video queries, LLM width) in the LLM's embedding dtype."""
+        device = self.video_qformer.llama_proj.weight.device
+        frame_tokens = self.frame_encoder(pixel_values.to(device))
+        video_tokens = self.video_qformer(frame_tokens.float().unsqueeze(0))
+        return video_tokens.to(self.llm.get_input_embeddings().weight.dtype)
+
+    def embed_prompt(self, prompt: str, video_tokens: torch.Tensor) -> torch.Tensor:
+        """Embed the text around the placeholder (BOS on the first piece only) with the video tokens between."""
+        before, placeholder, after = prompt.partition(PLACEHOLDER)
+        if not placeholder or PLACEHOLDER in after:
+            raise ValueError(f"the prompt must hold {PLACEHOLDER} exactly once")
+        embed = self.llm.get_input_embeddings()
+        pieces = [
+            self.tokenizer(text, return_tensors="pt", add_special_tokens=first).input_ids
+            for text, first in ((before, True), (after, False))
+        ]
+        embedded = [embed(ids.to(embed.weight.device)) for ids in pieces]
+        return torch.cat([embedded[0], video_tokens.to(embedded[0].device), embedded[1]], dim=1)
+
+    @torch.no_grad()
+    def answer(self, pixel_values: torch.Tensor, prompt: str, options: GenerationOptions) -> str:
+        inputs_embeds = self.embed_prompt(prompt, self.encode_video(pixel_values))
+        sampling = (
+            {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p}
+            if options.sample
+            else {"do_sample": False}
+        )
+        eos = self.tokenizer.eos_token_id
+        device = inputs_embeds.device
+        # fork_rng: a seeded sample must neither depend on nor disturb the caller's random state.
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(options.seed)
+            output = self.llm.generate(
+                inputs_embeds=inputs_embeds,
+                attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device),
+                max_new_tokens=options.max_new_tokens,
+                max_length=None,  # else a max_length in the LLM's generation_config competes with max_new_tokens
+                stopping_criteria=StoppingCriteriaList([StopAtText(self.tokenizer, self.template.stop)]),
+                eos_token_id=eos,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
+                **sampling,
+            )
+        # Given only embeddings, generate returns only the new tokens.
+        return self.template.clean(self.tokenizer.decode(output[0], skip_special_tokens=True))

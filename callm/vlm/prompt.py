@@ -1,0 +1,65 @@
+"""Video-LLaMA's two conversation templates, reproduced string for string.
+
+The fine-tuned Video-LLaMA weights answer best to the exact prompts their demo sends
+(``video_llama/conversation/conversation_video.py`` and ``demo_video.py`` in DAMO-NLP-SG/Video-LLaMA), so
+these builders copy them, quirks included: the video message ends with a space and ``Chat.ask`` joins the
+question with another, so two spaces precede the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PLACEHOLDER = "<ImageHere>"
+
+# Video-LLaMA's demo clears the system line for videos (the one below is its line for images).
+VIDEO_SYSTEM = ""
+IMAGE_SYSTEM = (
+    "You are able to understand the visual content that the user provides. "
+    "Follow the instructions carefully and explain your answers in detail."
+)
+
+DEFAULT_QUESTION = (
+    "Is anything abnormal or dangerous happening in this video? Answer yes or no first, then say what happens."
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One conversation layout: how a user turn is wrapped and how the model's reply ends."""
+
+    name: str
+    layout: str  # str.format pattern with {system} and {message}
+    stop: str  # the reply ends at the first occurrence of this text
+    reply_role: str  # a reply that repeats its role label is cut after it, as Video-LLaMA's demo does
+
+    def prompt(self, message: str, system: str = VIDEO_SYSTEM) -> str:
+        return self.layout.format(system=system, message=message)
+
+    def clean(self, generated: str) -> str:
+        """The answer alone: cut at the stop text and after a repeated role label, stripped."""
+        return generated.split(self.stop)[0].split(self.reply_role)[-1].strip()
+
+
+# Vicuna v0 (SeparatorStyle.SINGLE, sep "###"): system + sep, "Human: " + message + sep, then "Assistant:".
+VICUNA = Template(name="vicuna", layout="{system}###Human: {message}###Assistant:", stop="###", reply_role="Assistant:")
+# LLaMA-2-chat (SeparatorStyle.LLAMA_2): the system block sits inside the first [INST]; the leading "<s>"
+# separator is stripped by the demo and added back by the tokenizer as the BOS token.
+LLAMA2 = Template(
+    name="llama2",
+    layout="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{message} [/INST]",
+    stop="</s>",
+    reply_role="ASSISTANT:",
+)
+
+TEMPLATES = {template.name: template for template in (VICUNA, LLAMA2)}
+
+
+def video_message(timestamps: Sequence[float], question: str) -> str:
+    """The user turn for a clip: the placeholder the video tokens replace, the frame times, the question."""
+    seconds = ", ".join(str(round(t, 1)) for t in timestamps)
+    return (
+        f"<Video>{PLACEHOLDER}</Video> The video contains {len(timestamps)} frames sampled at {seconds} seconds.  "
+        f"{question}"
+    )

@@ -1,0 +1,95 @@
+"""End to end: tiny models in every layout -> config file -> Explainer.explain on synthetic clips."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Blip2QFormerConfig
+from vlm_tiny import TINY_QFORMER
+
+from callm.errors import CallmError
+from callm.vlm.checkpoints import save_video_llama, video_qformer_config
+from callm.vlm.config import load_config
+from callm.vlm.explain import Explainer, parse_verdict
+from callm.vlm.frames import crop_region, focus, sample_indices, to_rgb
+from callm.vlm.model import VideoQFormer
+from callm.vlm.prompt import PLACEHOLDER
+
+
+def test_explain_is_deterministic_on_a_grey_window_with_a_box(explainer: Explainer, window: np.ndarray) -> None:
+    first = explainer.explain(window, fps=10.0, start_s=3.2, box=[4, 20, 40, 30])
+    second = explainer.explain(window, fps=10.0, start_s=3.2, box=[4, 20, 40, 30])
+    assert first == second
+    assert first.verdict in ("anomaly", "normal") and isinstance(first.text, str)
+    assert [r.component for r in explainer.reports] == ["vision encoder", "Q-Former", "video Q-Former", "LLM"]
+
+
+def test_hf_blip2_llama2_and_drawn_box_end_to_end(hf_config: Path, window: np.ndarray) -> None:
+    explainer = Explainer.from_config(hf_config)
+    rgb = to_rgb(window)
+    answers = {explainer.explain(rgb, fps=25.0, box=[4, 20, 40, 30]) for _ in range(2)}
+    assert len(answers) == 1
+    assert explainer.model.template.name == "llama2" and explainer.config.focus == "draw"
+
+
+def test_seeded_sampling_repeats(explainer: Explainer, window: np.ndarray) -> None:
+    config = dataclasses.replace(explainer.config, sample=True, temperature=1.5, seed=7)
+    sampler = Explainer(explainer.model, config)
+    assert sampler.explain(window, fps=10.0) == sampler.explain(window, fps=10.0)
+
+
+def test_the_verdict_comes_from_the_generated_answer(lavis_config: Path, window: np.ndarray) -> None:
+    explainer = Explainer.from_config(lavis_config)
+    with torch.no_grad():  # all logits equal: greedy decoding picks token 0, "no"
+        explainer.model.llm.model.norm.weight.zero_()
+    answer = explainer.explain(window, fps=10.0)
+    assert answer.text.startswith("no no")
+    assert (answer.verdict, answer.explicit) == ("normal", True)
+
+
+def test_video_tokens_sit_between_the_text_pieces(explainer: Explainer) -> None:
+    model = explainer.model
+    video = torch.zeros(1, 32, model.llm.config.hidden_size)
+    before, after = "###Human: <Video>", "</Video> Why?###Assistant:"
+    embedded = model.embed_prompt(before + PLACEHOLDER + after, video)
+    n_before = len(model.tokenizer(before).input_ids)  # with BOS
+    n_after = len(model.tokenizer(after, add_special_tokens=False).input_ids)
+    assert embedded.shape[1] == n_before + 32 + n_after
+    assert torch.equal(embedded[0, n_before : n_before + 32], video[0])
+    with pytest.raises(ValueError, match="exactly once"):
+        model.embed_prompt("no placeholder", video)
+
+
+def test_parse_verdict() -> None:
+    assert parse_verdict("Yes, a cart drives on the walkway.") == ("anomaly", True)
+    assert parse_verdict("No. People walk.") == ("normal", True)
+    assert parse_verdict("I see no anomaly here") == ("normal", True)
+    assert parse_verdict("Nobody knows; yesterday") == ("anomaly", False)  # whole words only
+    assert parse_verdict("") == ("anomaly", False)
+
+
+def test_frame_sampling_and_focus() -> None:
+    assert sample_indices(16, 8) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert sample_indices(15, 8) == [0, 1, 3, 5, 7, 9, 11, 13]
+    assert sample_indices(5, 8) == [0, 1, 2, 3, 4]
+    assert crop_region(240, 360, [100, 100, 140, 120], scale=2.0) == (60, 50, 180, 170)  # min side: half of 240
+    assert crop_region(240, 360, [0, 0, 300, 50], scale=2.0) == (0, 0, 360, 240)  # clipped to the frame
+    assert crop_region(240, 360, [330, 200, 350, 230], scale=2.0) == (240, 120, 360, 240)  # shifted inside
+    frames = np.zeros((2, 48, 64, 3), np.uint8)
+    assert focus(frames, [20, 20, 26, 26], "crop").shape == (2, 24, 24, 3)  # at least half the shorter side
+    drawn = focus(frames, [4, 20, 40, 30], "draw")
+    assert drawn[0, 20, 10].tolist() == [255, 0, 0] and frames.max() == 0
+    with pytest.raises(ValueError, match="uint8"):
+        to_rgb(np.zeros((2, 8, 8), np.float32))
+
+
+def test_an_llm_of_another_width_is_refused(lavis_config: Path, tmp_path: Path) -> None:
+    wide = VideoQFormer(video_qformer_config(Blip2QFormerConfig(**TINY_QFORMER), {}), llm_hidden_size=48)
+    save_video_llama(wide, tmp_path / "wide.pth")
+    config = dataclasses.replace(load_config(lavis_config), video_llama=str(tmp_path / "wide.pth"))
+    with pytest.raises(CallmError, match=r"projects into an LLM 48 wide, but .* is 32 wide"):
+        Explainer.from_config(config)
