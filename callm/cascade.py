@@ -79,8 +79,7 @@ class Stage1:
         self.options = options
         self.scorer = FrameScorer(
             weights.model,
-            patch=self.calibration.patch,
-            error=self.calibration.error,
+            self.calibration.measure,
             device=device,
             dtype=dtype,
             stride=options.stride,
@@ -133,6 +132,7 @@ class Stage1:
                 "max_gap": self.options.max_gap,
                 "error": self.calibration.error,
                 "patch": self.calibration.patch,
+                "top_k": self.calibration.top_k,
                 "smooth_sigma": self.calibration.smooth_sigma,
             },
         )

@@ -10,6 +10,7 @@ from torch import nn
 from callm.ae.model import AEConfig
 from callm.ae.score import (
     CENTRE,
+    ErrorMeasure,
     FrameScorer,
     error_box,
     error_maps,
@@ -80,13 +81,24 @@ def test_unknown_error_kind() -> None:
         error_maps(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), "pixels")
 
 
+def test_frame_mse_top_k_averages_the_worst_regions() -> None:
+    errors = torch.zeros(1, 16, 16)
+    errors[0, 0:4, 0:4] = 1.0  # one hot 4x4 region; with stride 2, patches overlapping it see 1, 1/2 or 1/4
+    worst = frame_mse(errors, ErrorMeasure(patch=4, top_k=1))
+    three = frame_mse(errors, ErrorMeasure(patch=4, top_k=3))
+    assert worst.item() == pytest.approx(1.0)
+    assert three.item() == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    everything = frame_mse(errors, ErrorMeasure(patch=4, top_k=10_000))  # k beyond the grid: all patches
+    assert everything.item() == pytest.approx((1 + 0.5 + 0.5 + 0.25) / 49)
+
+
 def test_frame_mse_patch_finds_a_small_hot_spot() -> None:
     errors = torch.zeros(3, 32, 32)
     errors[1, 8:12, 20:24] = 1.0  # a 4x4 hot spot on an otherwise perfect frame
     errors[2] = 0.1
-    whole = frame_mse(errors, patch=0)
+    whole = frame_mse(errors, ErrorMeasure(patch=0))
     assert whole.tolist() == pytest.approx([0.0, 16 / 1024, 0.1])
-    patch = frame_mse(errors, patch=4)
+    patch = frame_mse(errors, ErrorMeasure(patch=4, top_k=1))
     assert patch[1] == pytest.approx(1.0)  # the worst 4x4 region is the hot spot itself
     assert patch[1] > 10 * whole[1]
     assert patch[2] == pytest.approx(0.1)  # a uniform error is the same at any scale
@@ -139,7 +151,8 @@ class WindowStamp(nn.Module):
 
 def scoring_windows(n: int, stride: int, patch: int = 0, error: str = "frame") -> tuple[np.ndarray, object]:
     frames = [np.full((16, 16), i, dtype=np.uint8) for i in range(n)]
-    scorer = FrameScorer(WindowStamp(), patch, error, torch.device("cpu"), torch.float32, stride=stride, batch_size=5)
+    measure = ErrorMeasure(error, patch)
+    scorer = FrameScorer(WindowStamp(), measure, torch.device("cpu"), torch.float32, stride=stride, batch_size=5)
     result = scorer.score_frames(iter(frames), (48, 64), "synthetic")
     mse = 4 * 10 ** (-result.psnr / 10)
     return np.rint(np.sqrt(mse) / WindowStamp.STEP).astype(int) - 1, result
@@ -183,7 +196,7 @@ def test_stride_eight_scores_the_middle_eight_frames() -> None:
 @pytest.mark.parametrize("stride", [0, 17])
 def test_stride_out_of_range(stride: int) -> None:
     with pytest.raises(CallmError, match="--stride must be between 1 and 16"):
-        FrameScorer(WindowStamp(), 0, "frame", torch.device("cpu"), torch.float32, stride=stride)
+        FrameScorer(WindowStamp(), ErrorMeasure("frame", 0), torch.device("cpu"), torch.float32, stride=stride)
 
 
 def test_boxes_are_in_original_frame_pixels() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from callm.ae.score import ErrorMeasure
 from callm.errors import CallmError
 
 
@@ -31,8 +32,9 @@ def smooth_curve(values: np.ndarray, sigma: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Calibration:
-    error: str  # "frame" or "motion", see score.error_maps
-    patch: int  # error region side in model pixels; 0 = whole frame
+    error: str  # ErrorMeasure.kind
+    patch: int  # ErrorMeasure.patch
+    top_k: int  # ErrorMeasure.top_k
     smooth_sigma: float  # temporal smoothing of the PSNR curve, in frames
     psnr_center: float  # median PSNR of held-out normal frames
     psnr_scale: float  # robust spread (1.4826 MAD) of the same
@@ -40,6 +42,10 @@ class Calibration:
     quantile: float  # share of held-out normal frames at or below the threshold
     holdout_frames: int
     holdout_videos: tuple[str, ...]
+
+    @property
+    def measure(self) -> ErrorMeasure:
+        return ErrorMeasure(self.error, self.patch, self.top_k)
 
     def calibrated(self, psnr: np.ndarray) -> np.ndarray:
         """Calibrated anomaly score: how many normal spreads a frame's PSNR lies below normal; higher = worse."""
@@ -64,8 +70,7 @@ class Calibration:
 def calibrate(
     holdout_psnr: Sequence[np.ndarray],
     holdout_names: Sequence[str],
-    error: str,
-    patch: int,
+    measure: ErrorMeasure,
     smooth_sigma: float,
     quantile: float,
 ) -> Calibration:
@@ -79,8 +84,9 @@ def calibrate(
     scale = max(scale, 1e-3)
     scores = (center - values) / scale
     return Calibration(
-        error=error,
-        patch=patch,
+        error=measure.kind,
+        patch=measure.patch,
+        top_k=measure.top_k,
         smooth_sigma=smooth_sigma,
         psnr_center=center,
         psnr_scale=scale,

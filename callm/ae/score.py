@@ -56,16 +56,25 @@ def error_maps(clips: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> 
     raise CallmError(f"unknown error kind {kind!r}: use one of {', '.join(ERROR_KINDS)}")
 
 
-def frame_mse(errors: torch.Tensor, patch: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class ErrorMeasure:
+    """Which error a frame is scored by; stored in the calibration so detection measures as training did."""
+
+    kind: str = "motion"  # see error_maps
+    patch: int = 32  # side of the scored region in model pixels; 0 = the whole frame (the paper's PSNR)
+    top_k: int = 8  # mean of the k worst regions (half-overlapping), steadier than the single worst
+
+
+def frame_mse(errors: torch.Tensor, measure: ErrorMeasure) -> torch.Tensor:
     """Mean squared error per frame from squared-error maps (N, H, W).
 
-    ``patch == 0`` averages the whole frame (the paper's PSNR); ``patch > 0`` takes the worst
-    ``patch x patch`` region, so a small abnormal object is not diluted by a large static background.
+    With ``patch > 0`` only the worst regions count, so a small abnormal object is not diluted by a
+    large static background.
     """
-    if patch <= 0:
+    if measure.patch <= 0:
         return errors.mean(dim=(-2, -1))
-    pooled = F.avg_pool2d(errors[:, None], kernel_size=patch, stride=max(1, patch // 2))
-    return pooled.flatten(1).amax(dim=1)
+    pooled = F.avg_pool2d(errors[:, None], kernel_size=measure.patch, stride=max(1, measure.patch // 2)).flatten(1)
+    return pooled.topk(min(measure.top_k, pooled.shape[1]), dim=1).values.mean(dim=1)
 
 
 def error_box(error: np.ndarray, frame_size: tuple[int, int], blur: int) -> list[int]:
@@ -116,16 +125,14 @@ class FrameScorer:
     def __init__(
         self,
         model: ConvAutoencoder3d,
-        patch: int,
-        error: str,
+        measure: ErrorMeasure,
         device: torch.device,
         dtype: torch.dtype,
         stride: int = 1,
         batch_size: int = 8,
     ) -> None:
         self.model = model.to(device).eval()
-        self.patch = patch
-        self.error = error
+        self.measure = measure
         self.device = device
         self.dtype = dtype
         self.stride = stride
@@ -142,7 +149,7 @@ class FrameScorer:
         x = to_model_range(clips).to(self.device)[:, None]
         with autocast(self.device, self.dtype):
             y = self.model(x)
-        return error_maps(x[:, 0], y.float()[:, 0], self.error).cpu()
+        return error_maps(x[:, 0], y.float()[:, 0], self.measure.kind).cpu()
 
     def score(self, video: Video, on_window: Callable[[int], None] | None = None) -> FrameScores:
         """Stream ``video`` window by window; ``on_window(frames_done)`` reports progress."""
@@ -194,8 +201,8 @@ class FrameScorer:
         offsets = [o for o in range(lo, hi) if abs(o - CENTRE) < distance.get(window.start + o, WINDOW + 1)]
         if not offsets:
             return
-        mse = frame_mse(error[offsets], self.patch).numpy()
-        blur = max(3, self.patch or min(error.shape[-2:]) // 16)
+        mse = frame_mse(error[offsets], self.measure).numpy()
+        blur = max(3, self.measure.patch or min(error.shape[-2:]) // 16)
         for o, value in zip(offsets, psnr_from_mse(mse), strict=True):
             frame = window.start + o
             psnr[frame] = float(value)

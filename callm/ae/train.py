@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from callm.ae.calibrate import calibrate
 from callm.ae.model import AEConfig, ConvAutoencoder3d
-from callm.ae.score import FrameScorer, to_model_range
+from callm.ae.score import ErrorMeasure, FrameScorer, to_model_range
 from callm.ae.weights import AEWeights
 from callm.ae.weights import save as save_weights
 from callm.device import autocast
@@ -40,6 +40,7 @@ class ScoringSettings:
 
     error: str = "motion"
     patch_fraction: float = 0.125  # side of the scored error region, as a share of the model's frame side
+    top_k: int = 8
     smooth_sigma: float = 5.0
     stride: int = 8
     quantile: float = 0.99
@@ -289,11 +290,12 @@ def train_ae(
         )
     result = train(train_arrays, config, settings, out, device, dtype, resume=resume, progress=progress)
     patch = max(1, round(scoring.patch_fraction * min(config.height, config.width)))
-    scorer = FrameScorer(result.model, patch, scoring.error, device, dtype, stride=scoring.stride)
+    measure = ErrorMeasure(scoring.error, patch, scoring.top_k)
+    scorer = FrameScorer(result.model, measure, device, dtype, stride=scoring.stride)
     held_psnr = [
         scorer.score_frames(iter(a), a.shape[1:], name).psnr for a, name in zip(held_arrays, held_names, strict=True)
     ]
-    calibration = calibrate(held_psnr, held_names, scoring.error, patch, scoring.smooth_sigma, scoring.quantile)
+    calibration = calibrate(held_psnr, held_names, measure, scoring.smooth_sigma, scoring.quantile)
     weights = AEWeights(
         result.model,
         calibration=calibration.to_dict(),
