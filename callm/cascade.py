@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -16,7 +16,12 @@ from callm.ae.events import Event, find_events, gated_windows, window_starts
 from callm.ae.score import FrameScorer
 from callm.ae.weights import AEWeights
 from callm.metrics import minmax
-from callm.video import DEFAULT_FOLDER_FPS, Video
+from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video
+
+if TYPE_CHECKING:  # stage 2 is imported only by callers that asked for it (detect --explain)
+    from callm.vlm.explain import Explainer
+
+CallGrouping = Literal["event", "window"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,26 @@ class DetectOptions:
     max_gap: int = 10  # below-threshold dips this short do not split an event
     folder_fps: float = DEFAULT_FOLDER_FPS
     batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Stage 2's answer about one event."""
+
+    verdict: str  # "anomaly" or "normal"
+    text: str
+    explicit: bool  # False when the answer held no yes/no and the verdict fell back to "anomaly"
+    window_starts: list[int]  # the gated windows the model was shown
+    frames: list[int]  # the frames sampled from them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "explanation": self.text,
+            "verdict_explicit": self.explicit,
+            "vlm_windows": self.window_starts,
+            "vlm_frames": self.frames,
+        }
 
 
 @dataclass
@@ -46,6 +71,8 @@ class Detection:
     gated_starts: list[int]
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    explanations: list[Explanation] | None = None  # one per event once stage 2 ran, None without it
+    vlm_calls: int = 0
 
     @property
     def scores_minmax(self) -> np.ndarray:
@@ -53,7 +80,11 @@ class Detection:
         return minmax(self.scores)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        events = [e.to_dict() for e in self.events]
+        if self.explanations is not None:
+            for event, explanation in zip(events, self.explanations, strict=True):
+                event.update(explanation.to_dict())
+        result = {
             "video": self.video,
             "fps": self.fps,
             "num_frames": self.num_frames,
@@ -62,13 +93,16 @@ class Detection:
             "scores": [round(float(s), 4) for s in self.scores],
             "scores_minmax": [round(float(s), 4) for s in self.scores_minmax],
             "psnr": [round(float(p), 3) for p in self.psnr],
-            "events": [e.to_dict() for e in self.events],
+            "events": events,
             "windows_total": len(self.window_starts),
             "windows_gated": len(self.gated_starts),
             "gated_window_starts": self.gated_starts,
             "seconds": round(self.seconds, 3),
             "settings": self.settings,
         }
+        if self.explanations is not None:
+            result["vlm_calls"] = self.vlm_calls
+        return result
 
 
 class Stage1:
@@ -136,3 +170,63 @@ class Stage1:
                 "smooth_sigma": self.calibration.smooth_sigma,
             },
         )
+
+
+def stage2_calls(detection: Detection, grouping: CallGrouping) -> list[tuple[int, list[int]]]:
+    """(event index, window starts) for each stage-2 call: an event's gated windows in one call, or one each."""
+    calls = []
+    for index, event in enumerate(detection.events):
+        starts = [s for s in detection.gated_starts if s <= event.end_frame and s + WINDOW > event.start_frame]
+        if grouping == "event":
+            calls.append((index, starts))
+        else:
+            calls.extend((index, [s]) for s in starts)
+    return calls
+
+
+class Stage2:
+    """Puts each gated event in front of the video LLM and records its verdict."""
+
+    def __init__(self, explainer: Explainer, grouping: CallGrouping = "event", folder_fps: float = DEFAULT_FOLDER_FPS):
+        self.explainer = explainer
+        self.grouping = grouping
+        self.folder_fps = folder_fps
+
+    def explain(self, detection: Detection, progress: Progress | None = None) -> None:
+        from callm.vlm.frames import sample_indices
+
+        calls = stage2_calls(detection, self.grouping)
+        sampled = []
+        for _, starts in calls:
+            first, end = starts[0], starts[-1] + WINDOW
+            sampled.append([first + i for i in sample_indices(end - first, self.explainer.config.frames)])
+        # One decoding pass fetches every sampled frame, at full size and in colour, for all calls.
+        frames = Video(detection.video, folder_fps=self.folder_fps).read_frames(i for f in sampled for i in f)
+        answers: dict[int, list[Explanation]] = {}
+        task = progress.add_task("stage 2", total=len(calls)) if progress else None
+        for (event_index, starts), indices in zip(calls, sampled, strict=True):
+            event = detection.events[event_index]
+            answer = self.explainer.explain_sampled(
+                np.stack([frames[i] for i in indices]), [i / detection.fps for i in indices], event.box
+            )
+            answers.setdefault(event_index, []).append(
+                Explanation(answer.verdict, answer.text, answer.explicit, starts, indices)
+            )
+            if progress is not None and task is not None:
+                progress.update(task, advance=1)
+        detection.explanations = [_merge(answers[i]) for i in range(len(detection.events))]
+        detection.vlm_calls = len(calls)
+
+
+def _merge(parts: list[Explanation]) -> Explanation:
+    """One event's answers from per-window calls: an anomaly if any window is one; texts joined in time order."""
+    if len(parts) == 1:
+        return parts[0]
+    abnormal = [p for p in parts if p.verdict == "anomaly"]
+    return Explanation(
+        verdict="anomaly" if abnormal else "normal",
+        text=" | ".join(p.text for p in parts),
+        explicit=all(p.explicit for p in parts),
+        window_starts=[s for p in parts for s in p.window_starts],
+        frames=[f for p in parts for f in p.frames],
+    )

@@ -141,6 +141,25 @@ def train_ae_command(
     )
 
 
+def _vlm_config(path: Path | None, calls: str, dtype: str | None, device: str | None, load_8bit: bool) -> Any:
+    import dataclasses
+
+    from callm.vlm.config import load_config
+
+    if calls not in ("event", "window"):
+        raise CallmError(f"--vlm-calls must be 'event' or 'window', got {calls!r}")
+    env = os.environ.get("CALLM_VLM_CONFIG")
+    if path is None and not env:
+        raise CallmError("--explain needs a stage-2 config: pass --vlm CONFIG.toml or set CALLM_VLM_CONFIG")
+    config = load_config(path or Path(env or ""))
+    overrides: dict[str, Any] = {"load_in_8bit": True} if load_8bit else {}
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    if device is not None:
+        overrides["device"] = device
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
 @app.command()
 @_user_errors
 def detect(
@@ -154,13 +173,34 @@ def detect(
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
+    explain: Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")] = False,
+    vlm: Annotated[
+        Path | None, typer.Option(help="Stage-2 config (TOML) naming its weights; default $CALLM_VLM_CONFIG.")
+    ] = None,
+    vlm_calls: Annotated[
+        str, typer.Option(help="'event': one stage-2 call per event over its gated windows; 'window': one each.")
+    ] = "event",
+    vlm_dtype: Annotated[str | None, typer.Option(help="Override the config's stage-2 dtype.")] = None,
+    vlm_device: Annotated[str | None, typer.Option(help="Override the config's stage-2 device.")] = None,
+    load_8bit: Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bits (needs callm[8bit]).")] = False,
 ) -> None:
-    """Find abnormal moments in one video."""
+    """Find abnormal moments in one video; with --explain, have stage 2 judge and explain each one."""
     from callm.report import detection_summary, events_table, write_json
 
+    vlm_config = None
+    if explain:
+        vlm_config = _vlm_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
+    elif vlm is not None:
+        raise CallmError("--vlm is only used with --explain")
     stage1 = _stage1(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
     with make_progress() as progress:
         detection = stage1.detect(path, progress)
+        if vlm_config is not None:
+            from callm.cascade import Stage2
+            from callm.vlm.explain import Explainer
+
+            explainer = Explainer.from_config(vlm_config)  # loaded even without events: a broken config must show
+            Stage2(explainer, vlm_calls, fps).explain(detection, progress)  # type: ignore[arg-type]
     if detection.events:
         console.print(events_table(detection))
     console.print(detection_summary(detection))
@@ -198,6 +238,30 @@ def eval_command(
     )
     if json_out is not None:
         write_json(json_out, result)
+
+
+weights_app = typer.Typer(help="Inspect weights files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("check")
+@_user_errors
+def weights_check(
+    path: Annotated[Path, typer.Argument(help="A weights file or folder (callm, Video-LLaMA, LAVIS, HF).")],
+    vlm: Annotated[Path | None, typer.Option(help="Stage-2 config whose architecture settings apply.")] = None,
+) -> None:
+    """Say what a weights file or folder is, its size, and whether callm can load it (exit 0 only then)."""
+    from callm.vlm.config import load_config
+    from callm.vlm.inspect import inspect_weights
+
+    if not path.exists():
+        raise CallmError(f"{path}: no such file or directory")
+    info = inspect_weights(path, load_config(vlm) if vlm else None)
+    params = "unknown" if info.parameters is None else f"{info.parameters:,}"
+    console.print(f"{info.path}: {info.description}; {params} parameters", markup=False)
+    console.print(("loadable: " if info.loadable else "NOT loadable: ") + info.detail, markup=False)
+    if not info.loadable:
+        raise typer.Exit(1)
 
 
 def main() -> None:

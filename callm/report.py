@@ -18,17 +18,26 @@ def _clock(seconds: float) -> str:
 
 
 def events_table(detection: Detection) -> Table:
-    table = Table(title=f"Events in {Path(detection.video).name}")
-    for name in ("#", "time", "frames", "peak score", "box [x0, y0, x1, y1]"):
+    """The events shown as anomalies: all of stage 1's, minus those stage 2 judged normal."""
+    explained = detection.explanations is not None
+    table = Table(title=f"Anomalies in {Path(detection.video).name}")
+    columns = ["#", "time", "frames", "peak score", "box [x0, y0, x1, y1]"]
+    for name in columns + (["explanation"] if explained else []):
         table.add_column(name, justify="right" if name in ("#", "peak score") else "left")
     for index, event in enumerate(detection.events, start=1):
-        table.add_row(
+        row = [
             str(index),
             f"{_clock(event.start_s)} - {_clock(event.end_s)}",
             f"{event.start_frame}-{event.end_frame}",
             f"{event.peak_score:.2f}",
             str(event.box),
-        )
+        ]
+        if detection.explanations is not None:
+            explanation = detection.explanations[index - 1]
+            if explanation.verdict == "normal":
+                continue
+            row.append(explanation.text or "(no text)")
+        table.add_row(*row)
     return table
 
 
@@ -39,8 +48,15 @@ def detection_summary(detection: Detection) -> str:
         f"({_clock(duration)} at {detection.fps:g} fps); peak score {detection.scores.max():.2f} "
         f"(threshold {detection.threshold:.2f}); {len(detection.gated_starts)} of "
         f"{len(detection.window_starts)} windows gated for stage 2; "
-        f"{detection.num_frames / detection.seconds:.1f} frames/s"
+        f"{detection.num_frames / detection.seconds:.1f} frames/s" + _stage2_summary(detection)
     )
+
+
+def _stage2_summary(detection: Detection) -> str:
+    if detection.explanations is None:
+        return ""
+    cleared = sum(e.verdict == "normal" for e in detection.explanations)
+    return f"; stage 2: {detection.vlm_calls} call(s), {cleared} event(s) judged normal and not shown"
 
 
 def eval_table(result: dict[str, Any]) -> Table:

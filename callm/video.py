@@ -89,23 +89,27 @@ class Video:
             fps = 25.0  # some containers carry no rate; 25 is the commonest camera rate
         return VideoInfo(self.path, float(fps), max(count, 0), frame.shape[1], frame.shape[0], False)
 
-    def _read_image(self, file: Path) -> np.ndarray:
-        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+    def _read_image(self, file: Path, colour: bool = False) -> np.ndarray:
+        image = cv2.imread(str(file), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise CallmError(f"{file}: not a readable image")
         return image
 
-    def frames(self, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        """Yield uint8 grey frames, resized to ``size`` = (height, width) when given."""
+    def frames(self, size: tuple[int, int] | None = None, rgb: bool = False) -> Iterator[np.ndarray]:
+        """Yield uint8 frames, grey (H, W) or with ``rgb`` (H, W, 3), resized to ``size`` = (height, width)."""
 
-        def resize(gray: np.ndarray) -> np.ndarray:
-            if size is None or gray.shape == size:
-                return gray
-            return cv2.resize(gray, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        def convert(frame: np.ndarray) -> np.ndarray:
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if rgb else frame
+            else:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if rgb else cv2.COLOR_BGR2GRAY)
+            if size is None or frame.shape[:2] == size:
+                return frame
+            return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
         if self.info.is_frame_folder:
             for file in self._files:
-                yield resize(self._read_image(file))
+                yield convert(self._read_image(file, rgb))
             return
         cap = cv2.VideoCapture(str(self.path))
         decoded = 0
@@ -115,13 +119,26 @@ class Video:
                 if not ok:
                     break
                 decoded += 1
-                gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                yield resize(gray)
+                yield convert(frame)
         finally:
             cap.release()
         expected = self.info.num_frames
         if expected and decoded < expected * (1 - _TRUNCATION_TOLERANCE) - 1:
             raise CallmError(f"{self.path}: truncated or damaged video: decoded {decoded} of {expected} frames")
+
+    def read_frames(self, indices: Iterable[int], rgb: bool = True) -> dict[int, np.ndarray]:
+        """The frames at ``indices`` at their own size, in one pass that stops after the last one wanted."""
+        wanted = set(indices)
+        found: dict[int, np.ndarray] = {}
+        if not wanted:
+            return found
+        last = max(wanted)
+        for index, frame in enumerate(self.frames(rgb=rgb)):
+            if index in wanted:
+                found[index] = frame
+            if index == last:
+                break
+        return found
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,20 @@ class Explainer:
         if len(frames) == 0 or fps <= 0:
             raise ValueError(f"need at least one frame and fps > 0, got {len(frames)} frames at {fps} fps")
         indices = sample_indices(len(frames), self.config.frames)
-        clip = focus(to_rgb(np.asarray(frames)[indices]), box, self.config.focus, self.config.crop_scale)
-        prompt = self.prompt([start_s + i / fps for i in indices], question or self.config.question)
+        return self.explain_sampled(np.asarray(frames)[indices], [start_s + i / fps for i in indices], box, question)
+
+    def explain_sampled(
+        self,
+        frames: np.ndarray,
+        timestamps: Sequence[float],
+        box: Sequence[int] | None = None,
+        question: str | None = None,
+    ) -> Answer:
+        """Answer about frames already sampled (one per timestamp, in seconds), e.g. read from a long video."""
+        if len(frames) != len(timestamps) or len(frames) == 0:
+            raise ValueError(f"need one timestamp per frame, got {len(frames)} frames, {len(timestamps)} times")
+        clip = focus(to_rgb(np.asarray(frames)), box, self.config.focus, self.config.crop_scale)
+        prompt = self.prompt(timestamps, question or self.config.question)
         text = self.model.answer(self.preprocess(clip), prompt, self.generation)
         verdict, explicit = parse_verdict(text)
         return Answer(verdict, text, explicit)
