@@ -1,70 +1,26 @@
-"""The ``callm`` command: parses options, calls the pipeline, prints. No logic of its own."""
+"""Stage-1 commands (and the cascade on top of them): train-ae, detect, eval."""
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from callm.console import console, err_console, make_progress
-from callm.errors import CallmError
-
-app = typer.Typer(
-    name="callm",
-    help="Find abnormal moments in video and explain them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from callm.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    FpsOpt,
+    StrideOpt,
+    ThresholdOpt,
+    WeightsOpt,
+    app,
+    default_weights,
+    user_errors,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "ped2"
-
-
-def _user_errors(func: F) -> F:
-    """Turn a ``CallmError`` into one line on stderr and exit 1; Ctrl-C into exit 130."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except CallmError as exc:
-            err_console.print(f"callm: error: {exc}", markup=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("callm: interrupted", markup=False)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _default_weights() -> Path:
-    env = os.environ.get("CALLM_WEIGHTS")
-    return Path(env) if env else SHIPPED_WEIGHTS
-
-
-WeightsOpt = Annotated[
-    Path | None,
-    typer.Option("--weights", "-w", help="Stage-1 weights folder (default: $CALLM_WEIGHTS or the shipped Ped2 model)."),
-]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")]
-DtypeOpt = Annotated[str, typer.Option(help="Autocast precision: bf16 (AMX on recent CPUs), fp16, fp32.")]
-FpsOpt = Annotated[float, typer.Option("--fps", help="Frame rate of frame folders (videos carry their own).")]
-StrideOpt = Annotated[
-    int,
-    typer.Option(
-        help="Frames between windows; each window scores its middle STRIDE frames (1 = the paper).", min=1, max=16
-    ),
-]
-ThresholdOpt = Annotated[
-    float | None, typer.Option(help="Gate threshold on the calibrated score (default: the calibrated one).")
-]
+from callm.console import console, make_progress
+from callm.errors import CallmError
 
 
 def _stage1(
@@ -85,11 +41,11 @@ def _stage1(
     options = DetectOptions(
         stride=stride, threshold=threshold, min_event_frames=min_event, max_gap=max_gap, folder_fps=fps
     )
-    return Stage1(load(weights or _default_weights(), torch_device), options, torch_device, parse_dtype(dtype))
+    return Stage1(load(weights or default_weights(), torch_device), options, torch_device, parse_dtype(dtype))
 
 
 @app.command("train-ae")
-@_user_errors
+@user_errors
 def train_ae_command(
     data: Annotated[list[Path], typer.Argument(help="Normal footage: videos, frame folders, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (checkpoints go inside).")],
@@ -161,7 +117,7 @@ def _vlm_config(path: Path | None, calls: str, dtype: str | None, device: str | 
 
 
 @app.command()
-@_user_errors
+@user_errors
 def detect(
     path: Annotated[Path, typer.Argument(help="A video file or a folder of frames.")],
     weights: WeightsOpt = None,
@@ -196,8 +152,12 @@ def detect(
     with make_progress() as progress:
         detection = stage1.detect(path, progress)
         if vlm_config is not None:
+            from transformers.utils import logging as hf_logging
+
             from callm.cascade import Stage2
             from callm.vlm.explain import Explainer
+
+            hf_logging.disable_progress_bar()  # our own bars already show the loading and the calls
 
             explainer = Explainer.from_config(vlm_config)  # loaded even without events: a broken config must show
             Stage2(explainer, vlm_calls, fps).explain(detection, progress)  # type: ignore[arg-type]
@@ -209,7 +169,7 @@ def detect(
 
 
 @app.command("eval")
-@_user_errors
+@user_errors
 def eval_command(
     root: Annotated[Path, typer.Argument(help="Dataset root with testing/frames/<video>/ folders.")],
     labels: Annotated[Path | None, typer.Option(help="UCSD .m ground truth or .npy of frame labels.")] = None,
@@ -238,35 +198,3 @@ def eval_command(
     )
     if json_out is not None:
         write_json(json_out, result)
-
-
-weights_app = typer.Typer(help="Inspect weights files.", no_args_is_help=True)
-app.add_typer(weights_app, name="weights")
-
-
-@weights_app.command("check")
-@_user_errors
-def weights_check(
-    path: Annotated[Path, typer.Argument(help="A weights file or folder (callm, Video-LLaMA, LAVIS, HF).")],
-    vlm: Annotated[Path | None, typer.Option(help="Stage-2 config whose architecture settings apply.")] = None,
-) -> None:
-    """Say what a weights file or folder is, its size, and whether callm can load it (exit 0 only then)."""
-    from callm.vlm.config import load_config
-    from callm.vlm.inspect import inspect_weights
-
-    if not path.exists():
-        raise CallmError(f"{path}: no such file or directory")
-    info = inspect_weights(path, load_config(vlm) if vlm else None)
-    params = "unknown" if info.parameters is None else f"{info.parameters:,}"
-    console.print(f"{info.path}: {info.description}; {params} parameters", markup=False)
-    console.print(("loadable: " if info.loadable else "NOT loadable: ") + info.detail, markup=False)
-    if not info.loadable:
-        raise typer.Exit(1)
-
-
-def main() -> None:
-    app(prog_name="callm")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,66 @@
+"""What every ``callm`` command shares: the typer app, one-line user errors, and the common options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from callm.console import err_console
+from callm.errors import CallmError
+
+app = typer.Typer(
+    name="callm",
+    help="Find abnormal moments in video and explain them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "ped2"
+
+
+def user_errors(func: F) -> F:
+    """Turn a ``CallmError`` into one line on stderr and exit 1; Ctrl-C into exit 130."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CallmError as exc:
+            err_console.print(f"callm: error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("callm: interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def default_weights() -> Path:
+    env = os.environ.get("CALLM_WEIGHTS")
+    return Path(env) if env else SHIPPED_WEIGHTS
+
+
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", "-w", help="Stage-1 weights folder (default: $CALLM_WEIGHTS or the shipped Ped2 model)."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")]
+DtypeOpt = Annotated[str, typer.Option(help="Autocast precision: bf16 (AMX on recent CPUs), fp16, fp32.")]
+FpsOpt = Annotated[float, typer.Option("--fps", help="Frame rate of frame folders (videos carry their own).")]
+StrideOpt = Annotated[
+    int,
+    typer.Option(
+        help="Frames between windows; each window scores its middle STRIDE frames (1 = the paper).", min=1, max=16
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Gate threshold on the calibrated score (default: the calibrated one).")
+]
