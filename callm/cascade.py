@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,7 +15,8 @@ from rich.progress import Progress
 from callm.ae.calibrate import Calibration, smooth_curve
 from callm.ae.events import Event, find_events, gated_windows, window_starts
 from callm.ae.score import FrameScorer
-from callm.ae.weights import AEWeights
+from callm.ae.weights import AEWeights, load
+from callm.device import parse_dtype, pick_device
 from callm.metrics import minmax
 from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # stage 2 is imported only by callers that asked for it (dete
     from callm.vlm.explain import Explainer
 
 CallGrouping = Literal["event", "window"]
+FramesDone = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -124,20 +127,12 @@ class Stage1:
     def threshold(self) -> float:
         return self.calibration.threshold if self.options.threshold is None else self.options.threshold
 
-    def detect(self, path: str | Path, progress: Progress | None = None) -> Detection:
+    def detect(self, path: str | Path, on_frames: FramesDone | None = None) -> Detection:
+        """Score one video; ``on_frames(done, total)`` follows the decoding (total is None when unknown)."""
         began = time.perf_counter()
         video = Video(path, folder_fps=self.options.folder_fps)
-        task = None
-        if progress is not None:
-            task = progress.add_task(video.path.name, total=video.info.num_frames or None)
-
-        def advance(frames_done: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=frames_done)
-
-        frames = self.scorer.score(video, on_window=advance)
-        if progress is not None and task is not None:
-            progress.remove_task(task)
+        total = video.info.num_frames or None
+        frames = self.scorer.score(video, on_window=None if on_frames is None else lambda done: on_frames(done, total))
         scores = self.calibration.calibrated(smooth_curve(frames.psnr, self.calibration.smooth_sigma))
         n = len(scores)
         events = find_events(
@@ -230,3 +225,17 @@ def _merge(parts: list[Explanation]) -> Explanation:
         window_starts=[s for p in parts for s in p.window_starts],
         frames=[f for p in parts for f in p.frames],
     )
+
+
+@dataclass(frozen=True)
+class Stage1Recipe:
+    """How to build the stage-1 model in a worker (a loaded model does not travel between processes)."""
+
+    weights: str
+    options: DetectOptions
+    device: str
+    dtype: str
+
+    def build(self) -> Stage1:
+        device = pick_device(self.device)
+        return Stage1(load(self.weights, device), self.options, device, parse_dtype(self.dtype))

@@ -10,6 +10,7 @@ import numpy as np
 from rich.progress import Progress
 
 from callm.cascade import Detection, Stage1
+from callm.console import FrameBar
 from callm.errors import CallmError
 from callm.metrics import read_frame_labels, roc_auc
 from callm.video import find_videos, natural_key
@@ -58,7 +59,10 @@ def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Pro
     detections = []
     task = progress.add_task("videos", total=len(videos)) if progress else None
     for path in videos:
-        detections.append(stage1.detect(path, progress))
+        bar = FrameBar(progress, path.name) if progress else None
+        detections.append(stage1.detect(path, bar))
+        if bar is not None:
+            bar.close()
         if progress is not None and task is not None:
             progress.update(task, advance=1)
     labels_path = labels_path or default_labels(root)

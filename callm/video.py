@@ -38,6 +38,10 @@ def natural_key(text: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
+def is_frame_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS for p in path.iterdir())
+
+
 def _frame_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
     return sorted(files, key=lambda p: natural_key(p.name))
@@ -182,7 +186,8 @@ def iter_windows(
 
 
 def find_videos(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand user paths into videos: files as given, frame folders, and both found under folders, recursively."""
+    """Expand user paths into videos: files as given (whatever their name, so a broken one is reported rather
+    than skipped), frame folders, and both found under folders, recursively."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -204,4 +209,4 @@ def find_videos(paths: Sequence[str | Path]) -> list[Path]:
             )
         if len(found) == before:
             raise CallmError(f"{path}: no videos or frame folders found under this folder")
-    return found
+    return list(dict.fromkeys(found))  # a video reached twice (a path given twice, or nested) counts once

@@ -38,6 +38,7 @@ def make_frames(
 def write_video(path: Path, frames: np.ndarray, fps: float = 10.0) -> Path:
     """Write grey frames as an MJPG .avi or mp4v .mp4, whichever the suffix asks for."""
     codec = "mp4v" if path.suffix == ".mp4" else "MJPG"
+    path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames.shape[1:]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
     assert writer.isOpened(), f"OpenCV cannot write {path}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,29 +19,24 @@ from callm.cli.common import (
     default_weights,
     user_errors,
 )
-from callm.console import console, make_progress
+from callm.console import FrameBar, ScanBars, console, err_console, make_progress
 from callm.errors import CallmError
+from callm.video import is_frame_folder
+
+if TYPE_CHECKING:
+    from callm.cascade import Stage1Recipe, Stage2
 
 
-def _stage1(
-    weights: Path | None,
-    stride: int,
-    threshold: float | None,
-    min_event: int,
-    max_gap: int,
-    fps: float,
-    device: str,
-    dtype: str,
-) -> Any:
-    from callm.ae.weights import load
-    from callm.cascade import DetectOptions, Stage1
-    from callm.device import parse_dtype, pick_device
+def _recipe(
+    weights: Path | None, stride: int, threshold: float | None, min_event: int, max_gap: int, fps: float,
+    device: str, dtype: str,
+) -> Stage1Recipe:  # fmt: skip
+    from callm.cascade import DetectOptions, Stage1Recipe
 
-    torch_device = pick_device(device)
     options = DetectOptions(
         stride=stride, threshold=threshold, min_event_frames=min_event, max_gap=max_gap, folder_fps=fps
     )
-    return Stage1(load(weights or default_weights(), torch_device), options, torch_device, parse_dtype(dtype))
+    return Stage1Recipe(str(weights or default_weights()), options, device, dtype)
 
 
 @app.command("train-ae")
@@ -119,9 +114,16 @@ def _vlm_config(path: Path | None, calls: str, dtype: str | None, device: str | 
 @app.command()
 @user_errors
 def detect(
-    path: Annotated[Path, typer.Argument(help="A video file or a folder of frames.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="A video file or frame folder; or folders of them to scan (needs --out).")
+    ],
     weights: WeightsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder of a batch scan.")] = None,
+    workers: Annotated[int, typer.Option(help="Batch scan: videos scored in parallel processes.", min=1)] = 1,
+    engine: Annotated[str, typer.Option(help="Batch scan: 'local' processes or a 'ray' cluster.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Batch scan: rescan files that failed before.")] = False,
     stride: StrideOpt = 8,
     threshold: ThresholdOpt = None,
     min_event: Annotated[int, typer.Option(help="Drop events shorter than this many frames.")] = 5,
@@ -140,32 +142,82 @@ def detect(
     vlm_device: Annotated[str | None, typer.Option(help="Override the config's stage-2 device.")] = None,
     load_8bit: Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bits (needs callm[8bit]).")] = False,
 ) -> None:
-    """Find abnormal moments in one video; with --explain, have stage 2 judge and explain each one."""
+    """Find abnormal moments in a video, or scan folders of them into a run folder (--out).
+
+    With --explain, the stage-2 video LLM judges and explains each event.
+    """
     from callm.report import detection_summary, events_table, write_json
 
-    vlm_config = None
     if explain:
         vlm_config = _vlm_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
     elif vlm is not None:
         raise CallmError("--vlm is only used with --explain")
-    stage1 = _stage1(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
+    recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
+    stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
+    batch = out is not None or len(paths) > 1 or (paths[0].is_dir() and not is_frame_folder(paths[0]))
+    if batch:
+        if json_out is not None:
+            raise CallmError("--json is for one video; a batch scan writes its JSON files into --out")
+        if out is None:
+            raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
+        if engine not in ("local", "ray"):
+            raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
+        stage2 = _stage2(vlm_config, vlm_calls, fps) if explain else None
+        _scan(paths, out, recipe, engine, workers, address, retry_errors, stage2)
+        return
+    path = paths[0]
     with make_progress() as progress:
-        detection = stage1.detect(path, progress)
-        if vlm_config is not None:
-            from transformers.utils import logging as hf_logging
-
-            from callm.cascade import Stage2
-            from callm.vlm.explain import Explainer
-
-            hf_logging.disable_progress_bar()  # our own bars already show the loading and the calls
-
-            explainer = Explainer.from_config(vlm_config)  # loaded even without events: a broken config must show
-            Stage2(explainer, vlm_calls, fps).explain(detection, progress)  # type: ignore[arg-type]
+        bar = FrameBar(progress, path.name)
+        detection = stage1.detect(path, bar)
+        bar.close()
+        if explain:
+            _stage2(vlm_config, vlm_calls, fps).explain(detection, progress)
     if detection.events:
         console.print(events_table(detection))
     console.print(detection_summary(detection))
     if json_out is not None:
         write_json(json_out, detection.to_dict())
+
+
+def _stage2(config: Any, calls: str, fps: float) -> Stage2:
+    from transformers.utils import logging as hf_logging
+
+    from callm.cascade import Stage2
+    from callm.vlm.explain import Explainer
+
+    hf_logging.disable_progress_bar()  # our own bars already show the loading and the calls
+    return Stage2(Explainer.from_config(config), calls, fps)  # type: ignore[arg-type]
+
+
+def _scan(
+    paths: list[Path], out: Path, recipe: Stage1Recipe, engine: str, workers: int, address: str | None,
+    retry_errors: bool, stage2: Stage2 | None,
+) -> None:  # fmt: skip
+    from callm.report import scan_table
+    from callm.report.html import build_report
+    from callm.scan import scan
+
+    with make_progress() as progress:
+        summary = scan(paths, out, recipe, engine, workers, address, retry_errors, stage2, ScanBars(progress))  # type: ignore[arg-type]
+    report = build_report(out)
+    console.print(scan_table(summary))
+    console.print(f"results in {out}/ (summary.jsonl, summary.csv, videos/); report: {report}")
+    for path, error in summary.failures:
+        err_console.print(f"callm: failed: {error if error.startswith(path) else f'{path}: {error}'}", markup=False)
+    if summary.interrupted:
+        err_console.print("callm: interrupted; rerun the same command to continue", markup=False)
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="The --out folder of a batch scan.")]) -> None:
+    """Rebuild a scan's report.html from its JSON files."""
+    from callm.report.html import build_report
+
+    console.print(f"wrote {build_report(run_dir)}")
 
 
 @app.command("eval")
@@ -187,7 +239,7 @@ def eval_command(
 
     if not root.is_dir():
         raise CallmError(f"{root}: not a folder")
-    stage1 = _stage1(weights, stride, threshold, 5, 10, fps, device, dtype)
+    stage1 = _recipe(weights, stride, threshold, 5, 10, fps, device, dtype).build()
     with make_progress() as progress:
         result = evaluate(root, labels, stage1, progress)
     console.print(eval_table(result))

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from callm.cascade import Detection
 from callm.files import write_json_atomic
+from callm.scan import ScanSummary
 
 
 def _clock(seconds: float) -> str:
@@ -78,6 +79,22 @@ def eval_table(result: dict[str, Any]) -> Table:
         "",
     )
     table.add_row("all (raw, calibrated)", "", "", f"{result['frame_auc_raw']:.4f}", "")
+    return table
+
+
+def scan_table(summary: ScanSummary) -> Table:
+    table = Table(title="Scan")
+    for name in ("videos", "scanned now", "already done", "failed", "with events", "events", "time"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        str(summary.videos),
+        str(summary.scanned),
+        str(summary.skipped),
+        str(summary.failed),
+        str(summary.with_events),
+        str(summary.total_events),
+        _clock(summary.seconds),
+    )
     return table
 
 

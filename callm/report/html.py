@@ -1,0 +1,168 @@
+"""The run folder's ``report.html``: one self-contained page (no network needed to view it).
+
+A row per video: its anomaly-score curve over time (threshold line, events shaded) as inline SVG, the
+thumbnail of each event's peak frame with the event box, times, peak score and the stage-2 verdict and
+explanation when present. Rows sort by peak score (a few lines of inline JavaScript); failed files are
+listed with their errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from callm.errors import CallmError
+from callm.files import write_text_atomic
+from callm.scan import SUMMARY, RunFolder
+
+REPORT = "report.html"
+CURVE_WIDTH, CURVE_HEIGHT = 480, 110
+CURVE_COLOUR = "#1f5fd6"
+MAX_THUMBS = 8  # per video, the highest-peaked events
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+.totals { color: #555; margin-bottom: 16px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: 8px; vertical-align: top; text-align: left; }
+th.sortable { cursor: pointer; text-decoration: underline dotted; }
+.curve { background: #fafafa; border: 1px solid #eee; }
+.events { display: flex; flex-wrap: wrap; gap: 8px; }
+figure.event { margin: 0; width: 200px; font-size: 12px; }
+figure.event img { width: 200px; display: block; border: 1px solid #ccc; }
+.verdict-normal { color: #777; }
+.verdict-anomaly { color: #b00020; font-weight: 600; }
+.path { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
+.failed td { color: #b00020; }
+"""
+
+SORT_SCRIPT = """
+document.querySelectorAll("th.sortable").forEach(function (th) {
+  th.addEventListener("click", function () {
+    var body = document.querySelector("#videos tbody");
+    var rows = Array.from(body.querySelectorAll("tr"));
+    var down = th.dataset.order !== "desc";
+    rows.sort(function (a, b) { return (Number(b.dataset.peak) - Number(a.dataset.peak)) * (down ? 1 : -1); });
+    rows.forEach(function (row) { body.appendChild(row); });
+    th.dataset.order = down ? "desc" : "asc";
+  });
+});
+"""
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(float(seconds), 60)
+    return f"{int(minutes)}:{secs:04.1f}"
+
+
+def curve_svg(scores: list[float], threshold: float, events: list[dict[str, Any]]) -> str:
+    """The score curve as an SVG: at most one point per pixel column (the column's maximum, so no peak is lost)."""
+    values = np.asarray(scores, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        return ""
+    columns = min(n, CURVE_WIDTH)
+    edges = np.linspace(0, n, columns + 1).astype(int)
+    peaks = np.array([values[a : max(b, a + 1)].max() for a, b in itertools.pairwise(edges)])
+    low = min(0.0, float(values.min()))
+    high = max(float(values.max()), threshold) * 1.1 - low * 0.1 or 1.0
+
+    def y(value: float) -> float:
+        return CURVE_HEIGHT - 4 - (value - low) / (high - low) * (CURVE_HEIGHT - 8)
+
+    def x(frame: float) -> float:
+        return frame / n * CURVE_WIDTH
+
+    shaded = "".join(
+        f'<rect class="event-span" x="{x(e["start_frame"]):.1f}" y="0" '
+        f'width="{max(1.0, x(e["end_frame"] + 1) - x(e["start_frame"])):.1f}" height="{CURVE_HEIGHT}" '
+        f'fill="#ff9800" fill-opacity="0.3"/>'
+        for e in events
+    )
+    points = " ".join(f"{(i + 0.5) * CURVE_WIDTH / columns:.1f},{y(v):.1f}" for i, v in enumerate(peaks))
+    return (
+        f'<svg class="curve" width="{CURVE_WIDTH}" height="{CURVE_HEIGHT}" viewBox="0 0 {CURVE_WIDTH} {CURVE_HEIGHT}" '
+        f'xmlns="http://www.w3.org/2000/svg">{shaded}'
+        f'<line class="threshold" x1="0" x2="{CURVE_WIDTH}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+        f'stroke="#444" stroke-width="1" stroke-dasharray="5,4"/>'
+        f'<polyline class="score" points="{points}" fill="none" stroke="{CURVE_COLOUR}" stroke-width="2"/></svg>'
+    )
+
+
+def _thumbnail(run_dir: Path, relative: str) -> str:
+    path = run_dir / relative
+    if not path.is_file():
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _event_figure(run_dir: Path, event: dict[str, Any], thumb: str | None) -> str:
+    verdict = event.get("verdict")
+    lines = [f"{_clock(event['start_s'])}-{_clock(event['end_s'])} &middot; peak {event['peak_score']:.2f}"]
+    if verdict is not None:
+        text = html.escape(event.get("explanation") or "")
+        lines.append(f'<span class="verdict-{verdict}">{verdict}</span> {text}')
+    image = _thumbnail(run_dir, thumb) if thumb else ""
+    img = f'<img class="thumb" src="{image}" alt="peak frame {event["peak_frame"]}">' if image else ""
+    return f'<figure class="event">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
+
+
+def _video_row(run_dir: Path, record: dict[str, Any]) -> str:
+    data = json.loads((run_dir / record["json"]).read_text(encoding="utf-8"))
+    events = data["events"]
+    thumbs = data.get("thumbnails", [])
+    ranked = sorted(range(len(events)), key=lambda i: -events[i]["peak_score"])[:MAX_THUMBS]
+    figures = "".join(_event_figure(run_dir, events[i], thumbs[i] if i < len(thumbs) else None) for i in sorted(ranked))
+    more = f"<p>{len(events) - len(ranked)} more event(s) in the JSON</p>" if len(events) > len(ranked) else ""
+    return (
+        f'<tr class="video" data-peak="{record["peak_score"]}">'
+        f'<td class="path">{html.escape(record["path"])}<br>'
+        f"{_clock(record['duration_s'])} at {record['fps']:g} fps</td>"
+        f"<td>{record['events']}</td><td>{record['peak_score']:.2f}</td>"
+        f"<td>{curve_svg(data['scores'], data['threshold'], events)}</td>"
+        f'<td><div class="events">{figures}</div>{more}</td></tr>'
+    )
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` from the run folder's JSON files and thumbnails; returns its path."""
+    if not (run_dir / SUMMARY).is_file():
+        raise CallmError(f"{run_dir}: not a scan folder (no {SUMMARY}); run callm detect FOLDER --out {run_dir}")
+    records = list(RunFolder(run_dir).records.values())
+    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -r["peak_score"])
+    failed = [r for r in records if r["status"] == "error"]
+    rows = "".join(_video_row(run_dir, r) for r in ok)
+    failures = "".join(
+        f'<tr class="failed"><td class="path">{html.escape(r["path"])}</td>'
+        f"<td>{html.escape(r['error'] or '')}</td></tr>"
+        for r in failed
+    )
+    failed_section = (
+        f'<h2>Failed files ({len(failed)})</h2><table id="failed"><thead><tr><th>file</th><th>error</th></tr></thead>'
+        f"<tbody>{failures}</tbody></table>"
+        if failed
+        else ""
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>callm scan report</title><style>{STYLE}</style></head>
+<body>
+<h1>callm scan report</h1>
+<div class="totals">{len(records)} videos, {len(failed)} failed, {sum(r["events"] > 0 for r in ok)} with events,
+{sum(r["events"] for r in ok)} events in all. Score curves: blue = anomaly score, dashed grey = threshold,
+orange = events.</div>
+<table id="videos"><thead><tr><th>video</th><th>events</th><th class="sortable" data-order="desc">peak score</th>
+<th>score over time</th><th>events (peak frame, box)</th></tr></thead><tbody>{rows}</tbody></table>
+{failed_section}
+<script>{SORT_SCRIPT}</script>
+</body></html>
+"""
+    out = run_dir / REPORT
+    write_text_atomic(out, page)
+    return out

@@ -1,0 +1,364 @@
+"""Batch scans: many videos into one run folder, resumable, fault-isolated, on local processes or on Ray.
+
+Layout of a run folder::
+
+    RUN_DIR/videos/<name>.json     the stage-1 (and stage-2) result of each video, as `callm detect --json`
+    RUN_DIR/thumbs/<name>-<k>.jpg  the peak frame of event k, its box drawn
+    RUN_DIR/summary.jsonl          one line per video: path, key, status, error, duration, events, peak score
+    RUN_DIR/summary.csv            the same as a table
+    RUN_DIR/report.html            the page people look at (see callm.report.html)
+
+Only the main process writes to the run folder, one video at a time and atomically, so workers (local or on
+other machines) only compute. A video is done when its summary line exists; the line is written last, so a
+video interrupted anywhere before is simply scanned again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import cv2
+
+from callm.errors import CallmError
+from callm.files import write_atomic, write_json_atomic, write_text_atomic
+from callm.video import Video, find_videos
+
+if TYPE_CHECKING:
+    from callm.cascade import Detection, Stage1, Stage1Recipe, Stage2
+
+Engine = Literal["local", "ray"]
+SUMMARY = "summary.jsonl"
+SUMMARY_CSV = "summary.csv"
+VIDEOS_DIR = "videos"
+THUMBS_DIR = "thumbs"
+CSV_FIELDS = (
+    "path", "status", "error", "duration_s", "num_frames", "fps", "events", "anomalies", "peak_score",
+    "threshold", "windows_gated", "windows_total", "seconds", "json",
+)  # fmt: skip
+THUMB_WIDTH = 320
+BOX_BGR = (0, 0, 255)  # red
+
+
+def source_key(path: Path) -> str:
+    """What makes a scan result current: the resolved path, its size and its modification time."""
+    stat = path.stat()
+    size = stat.st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return f"{path.resolve()}|{size}|{stat.st_mtime_ns}"
+
+
+def output_name(path: Path) -> str:
+    """A file-name-safe, unique, readable name for a video's outputs."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "video"
+    return f"{safe}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class VideoResult:
+    """What a worker sends back for one video; picklable, so it can cross processes and machines."""
+
+    path: str
+    key: str
+    detection: Detection | None = None
+    thumbnails: list[bytes] = field(default_factory=list)  # JPEG of each event's peak frame, box drawn
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def event_thumbnails(detection: Detection) -> list[bytes]:
+    """JPEG thumbnails of each event's peak frame with its box, read in one pass over the video."""
+    if not detection.events:
+        return []
+    frames = Video(detection.video).read_frames((e.peak_frame for e in detection.events), rgb=False)
+    thumbs = []
+    for event in detection.events:
+        image = cv2.cvtColor(frames[event.peak_frame], cv2.COLOR_GRAY2BGR)
+        x0, y0, x1, y1 = event.box
+        scale = min(1.0, THUMB_WIDTH / image.shape[1])
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.rectangle(image, (round(x0 * scale), round(y0 * scale)), (round(x1 * scale), round(y1 * scale)), BOX_BGR, 2)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        thumbs.append(encoded.tobytes() if ok else b"")
+    return thumbs
+
+
+def scan_video(
+    stage1: Stage1, path: Path, key: str, on_frames: Callable[[int, int | None], None] | None
+) -> VideoResult:
+    """Stage 1 and thumbnails for one video; any failure becomes the result's error, never an exception."""
+    began = time.perf_counter()
+    try:
+        detection = stage1.detect(path, on_frames)
+        return VideoResult(str(path), key, detection, event_thumbnails(detection), seconds=time.perf_counter() - began)
+    except CallmError as exc:
+        error = str(exc)
+    except (cv2.error, OSError, ValueError, RuntimeError) as exc:
+        # A decoder or file-system failure on one file must not end a scan of hundreds.
+        error = f"{path}: {exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    return VideoResult(str(path), key, error=error, seconds=time.perf_counter() - began)
+
+
+class RunFolder:
+    """The run folder on disk: what is done, and the atomic writes of each new result."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        if root.exists() and not root.is_dir():
+            raise CallmError(f"{root}: exists and is not a folder")
+        (root / VIDEOS_DIR).mkdir(parents=True, exist_ok=True)
+        (root / THUMBS_DIR).mkdir(exist_ok=True)
+        self.records = self._read_summary()
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / SUMMARY
+
+    def _read_summary(self) -> dict[str, dict[str, Any]]:
+        """Records by key. A line cut by a kill is dropped (the file is rewritten clean), so it is redone."""
+        if not self.summary_path.is_file():
+            return {}
+        records: dict[str, dict[str, Any]] = {}
+        text = self.summary_path.read_text(encoding="utf-8", errors="replace")
+        damaged = bool(text) and not text.endswith("\n")
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+                records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                damaged = True
+        if damaged:
+            write_text_atomic(self.summary_path, "".join(json.dumps(r) + "\n" for r in records.values()))
+        return records
+
+    def is_done(self, key: str, retry_errors: bool) -> bool:
+        record = self.records.get(key)
+        return record is not None and not (retry_errors and record["status"] == "error")
+
+    def save(self, result: VideoResult) -> dict[str, Any]:
+        """Write a video's JSON and thumbnails, then its summary line (last, so it marks the video done)."""
+        path = Path(result.path)
+        name = output_name(path)
+        record: dict[str, Any] = {"path": result.path, "key": result.key, "seconds": round(result.seconds, 3)}
+        detection = result.detection
+        if detection is None:
+            record.update(status="error", error=result.error)
+        else:
+            for index, jpeg in enumerate(result.thumbnails):
+                write_atomic(self.root / THUMBS_DIR / f"{name}-{index}.jpg", lambda tmp, b=jpeg: tmp.write_bytes(b))
+            data = detection.to_dict()
+            data["thumbnails"] = [f"{THUMBS_DIR}/{name}-{i}.jpg" for i in range(len(result.thumbnails))]
+            write_json_atomic(self.root / VIDEOS_DIR / f"{name}.json", data)
+            explained = detection.explanations
+            record.update(
+                status="ok",
+                error=None,
+                json=f"{VIDEOS_DIR}/{name}.json",
+                duration_s=round(detection.num_frames / detection.fps, 3),
+                num_frames=detection.num_frames,
+                fps=detection.fps,
+                events=len(detection.events),
+                anomalies=len(detection.events)
+                if explained is None
+                else sum(e.verdict == "anomaly" for e in explained),
+                peak_score=round(float(detection.scores.max()), 4),
+                threshold=round(detection.threshold, 4),
+                windows_gated=len(detection.gated_starts),
+                windows_total=len(detection.window_starts),
+            )
+        if result.key in self.records:  # a retried error: replace its line rather than add a second one
+            self.records[result.key] = record
+            write_text_atomic(self.summary_path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+        else:
+            self.records[result.key] = record
+            with open(self.summary_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return record
+
+    def write_csv(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for record in self.records.values():
+            writer.writerow(record)
+        write_text_atomic(self.root / SUMMARY_CSV, buffer.getvalue())
+
+
+# Progress of a video: (path, frames done, frames total or None).
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+class ScanProgress(Protocol):
+    """What a scan reports as it goes (the CLI draws it; tests count it)."""
+
+    def start(self, videos_to_scan: int) -> None: ...
+
+    def frames(self, path: str, done: int, total: int | None) -> None: ...
+
+    def video_done(self, record: dict[str, Any]) -> None: ...
+
+
+def _serial(recipe: Stage1Recipe, todo: Sequence[tuple[Path, str]], on_frames: ProgressFn) -> Iterator[VideoResult]:
+    stage1 = recipe.build()
+    for path, key in todo:
+        yield scan_video(stage1, path, key, lambda done, total, p=str(path): on_frames(p, done, total))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(recipe: Stage1Recipe, threads: int, queue: Any) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    _WORKER["stage1"] = recipe.build()
+    _WORKER["queue"] = queue
+
+
+def _scan_in_worker(path: Path, key: str) -> VideoResult:
+    queue = _WORKER["queue"]
+    return scan_video(_WORKER["stage1"], path, key, lambda done, total: queue.put((str(path), done, total)))
+
+
+def _processes(
+    recipe: Stage1Recipe, todo: Sequence[tuple[Path, str]], workers: int, on_frames: ProgressFn
+) -> Iterator[VideoResult]:
+    """Videos in ``workers`` processes; torch's threads are split between them so they do not fight for cores."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    manager = context.Manager()
+    queue = manager.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    executor = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(recipe, threads, queue)
+    )
+    try:
+        pending: set[Future[VideoResult]] = {executor.submit(_scan_in_worker, path, key) for path, key in todo}
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                on_frames(*queue.get_nowait())
+            for future in finished:
+                yield future.result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        manager.shutdown()
+
+
+_RAY_STAGE1: dict[Stage1Recipe, Stage1] = {}
+
+
+def _scan_on_ray(recipe: Stage1Recipe, path: str, key: str) -> VideoResult:
+    # Ray reuses its worker processes: build the model once per process, not once per video.
+    if recipe not in _RAY_STAGE1:
+        _RAY_STAGE1[recipe] = recipe.build()
+    return scan_video(_RAY_STAGE1[recipe], Path(path), key, None)
+
+
+def _ray(recipe: Stage1Recipe, todo: Sequence[tuple[Path, str]], address: str | None) -> Iterator[VideoResult]:
+    """One Ray task per video; without an address a local Ray instance is started (and stopped after)."""
+    try:
+        import ray
+    except ImportError:
+        raise CallmError("--engine ray needs Ray: pip install 'callm[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        task = ray.remote(num_cpus=1)(_scan_on_ray)
+        refs = [task.remote(recipe, str(path), key) for path, key in todo]
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class ScanSummary:
+    videos: int  # found
+    scanned: int  # scored in this run
+    skipped: int  # already done in an earlier run
+    failed: int  # in the run folder with status "error", this run or before
+    with_events: int
+    total_events: int
+    seconds: float
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def scan(
+    paths: Sequence[str | Path],
+    run_dir: Path,
+    recipe: Stage1Recipe,
+    engine: Engine = "local",
+    workers: int = 1,
+    address: str | None = None,
+    retry_errors: bool = False,
+    stage2: Stage2 | None = None,
+    progress: ScanProgress | None = None,
+) -> ScanSummary:
+    """Scan every video under ``paths`` into ``run_dir``; Ctrl-C stops after saving what is done."""
+    began = time.perf_counter()
+    videos = find_videos(paths)
+    folder = RunFolder(run_dir)
+    todo = [(p, k) for p, k in ((p, _safe_key(p)) for p in videos) if not folder.is_done(k, retry_errors)]
+    report: ProgressFn = progress.frames if progress is not None else lambda *_: None
+    if progress is not None:
+        progress.start(len(todo))
+    if not todo:
+        results: Iterable[VideoResult] = []
+    elif engine == "ray":
+        results = _ray(recipe, todo, address)
+    elif workers > 1 and len(todo) > 1:
+        results = _processes(recipe, todo, workers, report)
+    else:
+        results = _serial(recipe, todo, report)
+    scanned, interrupted = 0, False
+    try:
+        for result in results:
+            if stage2 is not None and result.detection is not None:
+                stage2.explain(result.detection)
+            record = folder.save(result)
+            scanned += 1
+            if progress is not None:
+                progress.video_done(record)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        folder.write_csv()
+    keys = {_safe_key(p) for p in videos}
+    records = [r for k, r in folder.records.items() if k in keys]
+    ok = [r for r in records if r["status"] == "ok"]
+    return ScanSummary(
+        videos=len(videos),
+        scanned=scanned,
+        skipped=len(videos) - len(todo),
+        failed=sum(r["status"] == "error" for r in records),
+        with_events=sum(r["events"] > 0 for r in ok),
+        total_events=sum(r["events"] for r in ok),
+        seconds=time.perf_counter() - began,
+        interrupted=interrupted,
+        failures=[(r["path"], r["error"]) for r in records if r["status"] == "error"],
+    )
+
+
+def _safe_key(path: Path) -> str:
+    try:
+        return source_key(path)
+    except OSError:
+        return f"{path.resolve()}|unreadable"

@@ -1,0 +1,201 @@
+"""Batch folder scans: outputs, fault isolation, resuming, kills, parallel and Ray engines, the HTML report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic import make_frames, write_frame_folder, write_video
+
+from callm.cascade import Stage1
+from callm.cli import app
+from callm.scan import SUMMARY, VIDEOS_DIR
+
+SCAN_ARGS = ["--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nested camera folders: three good videos, a frame folder, a truncated file and a text file named .mp4."""
+    root = tmp_path_factory.mktemp("archive")
+    write_video(root / "cam1.avi", make_frames(40, seed=1))
+    write_video(root / "nested" / "deeper" / "cam2.mp4", make_frames(40, seed=2, intruder=(10, 30)))
+    write_video(root / "nested" / "cam3.avi", make_frames(36, seed=3))
+    write_frame_folder(root / "nested" / "frames4", make_frames(32, seed=4))
+    good = write_video(root / "broken.avi", make_frames(40, seed=5)).read_bytes()
+    (root / "broken.avi").write_bytes(good[: len(good) // 3])
+    (root / "notes.mp4").write_text("this is not a video\n")
+    return root
+
+
+GOOD = {"cam1.avi", "cam2.mp4", "cam3.avi", "frames4"}
+BAD = {"broken.avi", "notes.mp4"}
+
+
+@pytest.fixture
+def detect_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = Stage1.detect
+
+    def counting(self, path, on_frames=None):
+        calls.append(Path(path).name)
+        return real(self, path, on_frames)
+
+    monkeypatch.setattr(Stage1, "detect", counting)
+    return calls
+
+
+def summary_lines(run: Path) -> list[dict]:
+    text = (run / SUMMARY).read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def by_name(lines: list[dict]) -> dict[str, dict]:
+    return {Path(line["path"]).name: line for line in lines}
+
+
+def test_scan_isolates_bad_files_and_a_rerun_does_no_work(
+    runner, archive: Path, weights_dir: Path, tmp_path: Path, detect_calls: list[str]
+) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    assert result.exit_code == 1, result.output  # some files failed
+    assert "Traceback" not in result.output
+    records = by_name(summary_lines(run))
+    assert set(records) == GOOD | BAD
+    for name in GOOD:
+        record = records[name]
+        assert record["status"] == "ok" and record["error"] is None
+        data = json.loads((run / record["json"]).read_text())
+        assert data["num_frames"] == record["num_frames"] and len(data["scores"]) == data["num_frames"]
+        assert {"video", "fps", "threshold", "events", "windows_total", "windows_gated"} <= set(data)
+    assert "truncated" in records["broken.avi"]["error"]
+    assert "not a readable video" in records["notes.mp4"]["error"]
+    assert all(records[n]["status"] == "error" for n in BAD)
+    assert len(list((run / VIDEOS_DIR).glob("*.json"))) == len(GOOD)
+    csv_lines = (run / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("path,status,error") and len(csv_lines) == 1 + len(GOOD | BAD)
+    assert (run / "report.html").is_file()
+    assert sorted(detect_calls) == sorted(GOOD | BAD)
+
+    detect_calls.clear()
+    again = runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    assert again.exit_code == 1  # the failures are still there, and still reported
+    assert detect_calls == []  # but nothing was scanned again
+    assert len(summary_lines(run)) == len(GOOD | BAD)
+
+    retry = runner.invoke(
+        app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), "--retry-errors", *SCAN_ARGS]
+    )
+    assert retry.exit_code == 1
+    assert sorted(detect_calls) == sorted(BAD)  # only the failed files are tried again
+    assert len(summary_lines(run)) == len(GOOD | BAD)  # replaced, not duplicated
+
+
+def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]) -> None:
+    folder = tmp_path / "in"
+    write_video(folder / "a.avi", make_frames(32, seed=1))
+    write_video(folder / "b.avi", make_frames(32, seed=2))
+    run = tmp_path / "run"
+    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, args).exit_code == 0
+    write_video(folder / "b.avi", make_frames(40, seed=3))  # new size and mtime
+    detect_calls.clear()
+    assert runner.invoke(app, args).exit_code == 0
+    assert detect_calls == ["b.avi"]
+    assert by_name(summary_lines(run))["b.avi"]["num_frames"] == 40
+
+
+def test_a_line_cut_by_a_kill_is_dropped_and_redone(runner, weights_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_video(folder / "a.avi", make_frames(32, seed=1))
+    write_video(folder / "b.avi", make_frames(32, seed=2))
+    run = tmp_path / "run"
+    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, args).exit_code == 0
+    lines = (run / SUMMARY).read_text().splitlines()
+    (run / SUMMARY).write_text(lines[0] + "\n" + lines[1][:25])  # the second line half written
+    assert runner.invoke(app, args).exit_code == 0
+    assert sorted(by_name(summary_lines(run))) == ["a.avi", "b.avi"]
+
+
+def test_a_scan_killed_midway_completes_on_rerun_without_duplicates(weights_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    for i in range(8):
+        write_video(folder / f"v{i}.avi", make_frames(160, seed=i))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "callm.cli", "detect", str(folder), "--out", str(run), "-w", str(weights_dir)]
+    command += [*SCAN_ARGS, "--stride", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / SUMMARY).is_file() and (run / SUMMARY).read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the scan finished before it could be killed; make the videos longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = (run / SUMMARY).read_text().count("\n")
+    assert 2 <= done_before < 8
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = summary_lines(run)
+    assert len(lines) == 8 and len({line["path"] for line in lines}) == 8
+    assert all(line["status"] == "ok" for line in lines)
+    assert len(list((run / VIDEOS_DIR).glob("*.json"))) == 8
+    assert not list(run.rglob("*.tmp"))
+
+
+def _comparable(run: Path) -> dict[str, tuple]:
+    return {
+        Path(r["path"]).name: (r["status"], r.get("events"), r.get("peak_score"), r.get("num_frames"))
+        for r in summary_lines(run)
+    }
+
+
+def test_two_workers_give_the_same_summary_as_one(runner, archive: Path, weights_dir: Path, tmp_path: Path) -> None:
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    base = ["detect", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, [*base, "--out", str(serial)]).exit_code == 1
+    assert runner.invoke(app, [*base, "--out", str(parallel), "--workers", "2"]).exit_code == 1
+    assert _comparable(parallel) == _comparable(serial)
+
+
+def test_the_ray_engine_gives_the_same_summary_as_local(
+    runner, archive: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray")
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    base = ["detect", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, [*base, "--out", str(local)]).exit_code == 1
+    result = runner.invoke(app, [*base, "--out", str(on_ray), "--engine", "ray"])
+    assert result.exit_code == 1, result.output
+    assert _comparable(on_ray) == _comparable(local)
+    for name, record in by_name(summary_lines(on_ray)).items():
+        if record["status"] == "ok":
+            assert (on_ray / record["json"]).is_file(), name
+
+
+def test_batch_mode_needs_an_out_folder(runner, archive: Path, weights_dir: Path) -> None:
+    from helpers import assert_user_error
+
+    assert_user_error(runner.invoke(app, ["detect", str(archive), "-w", str(weights_dir)]), "--out")
+
+
+def test_report_rebuilds_from_the_run_folder(runner, archive: Path, weights_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    (run / "report.html").unlink()
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert page.count('<tr class="video"') == len(GOOD) and page.count('<tr class="failed"') == len(BAD)
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing to fetch
