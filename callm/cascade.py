@@ -188,13 +188,11 @@ class Stage2:
         self.folder_fps = folder_fps
 
     def explain(self, detection: Detection, progress: Progress | None = None) -> None:
-        from callm.vlm.frames import sample_indices
+        from callm.vlm.frames import window_indices
 
         calls = stage2_calls(detection, self.grouping)
-        sampled = []
-        for _, starts in calls:
-            first, end = starts[0], starts[-1] + WINDOW
-            sampled.append([first + i for i in sample_indices(end - first, self.explainer.config.frames)])
+        count = self.explainer.config.frames
+        sampled = [window_indices(starts[0], starts[-1] + WINDOW, count) for _, starts in calls]
         # One decoding pass fetches every sampled frame, at full size and in colour, for all calls.
         frames = Video(detection.video, folder_fps=self.folder_fps).read_frames(i for f in sampled for i in f)
         answers: dict[int, list[Explanation]] = {}

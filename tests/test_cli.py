@@ -182,7 +182,7 @@ def empty_folder(tmp: Path) -> Path:
 
 BAD_VIDEOS = {
     "missing path": (lambda tmp: tmp / "missing.mp4", "no such file or directory"),
-    "folder without frames": (empty_folder, "no frames here"),
+    "folder without frames": (empty_folder, "no videos or frame folders"),
     "text file named .mp4": (text_as_mp4, "not a readable video"),
     "truncated avi": (truncated(".avi"), "truncated or damaged video"),
     "truncated mp4": (truncated(".mp4"), "not a readable video"),

@@ -78,16 +78,16 @@ def test_resume_after_a_kill_matches_an_unbroken_run(
     """``--resume`` after a kill: the same command picks up at the last checkpoint and ends where an unbroken
     run ends, because each epoch draws its clips from a generator seeded by (seed, epoch)."""
     _, reference = unbroken
-    save_checkpoint = train_module._save_checkpoint
+    save_checkpoint = train_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save_checkpoint(*args, **kwargs)
         raise KeyboardInterrupt  # killed just after the first epoch's checkpoint
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(three_videos, tmp_path)
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
     assert json.loads((tmp_path / CHECKPOINT_DIR / "state.json").read_text())["epoch"] == 1
     assert not (tmp_path / "ae.json").exists()
     resumed = run(three_videos, tmp_path, resume=True)

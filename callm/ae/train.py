@@ -6,7 +6,6 @@ The model itself lives in ``model.py``; calibration of the gate after training i
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -18,16 +17,16 @@ import cv2
 import numpy as np
 import torch
 from rich.progress import Progress
-from safetensors.torch import load_file, save_file
 
 from callm.ae.calibrate import calibrate
 from callm.ae.model import AEConfig, ConvAutoencoder3d
 from callm.ae.score import ErrorMeasure, FrameScorer, to_model_range
 from callm.ae.weights import AEWeights
 from callm.ae.weights import save as save_weights
+from callm.checkpoint import has_checkpoint, load_checkpoint, read_state, save_checkpoint
 from callm.device import autocast
 from callm.errors import CallmError
-from callm.files import write_atomic, write_json_atomic
+from callm.files import write_atomic
 from callm.video import WINDOW, Video, find_videos
 
 CHECKPOINT_DIR = "checkpoint"
@@ -143,32 +142,6 @@ class ClipSampler:
         return clip[:, y : y + c_h, x : x + c_w]
 
 
-def _save_checkpoint(
-    folder: Path, model: ConvAutoencoder3d, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for index, param_state in optimizer.state_dict()["state"].items():
-        for name, value in param_state.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    write_atomic(folder / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    write_json_atomic(folder / "state.json", state)
-
-
-def _load_checkpoint(folder: Path, model: ConvAutoencoder3d, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / "state.safetensors"))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim_state = optimizer.state_dict()
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    optim_state["state"] = per_param
-    optimizer.load_state_dict(optim_state)
-    return state
-
-
 @dataclass
 class TrainResult:
     model: ConvAutoencoder3d
@@ -197,14 +170,14 @@ def train(
     checkpoint = out / CHECKPOINT_DIR
     meta = {"config": config.to_dict(), "settings": settings.to_dict()}
     start_epoch, losses, seconds = 0, [], 0.0
-    if resume and (checkpoint / "state.json").is_file():
+    if resume and has_checkpoint(checkpoint):
         # Settings are checked before the tensors load: another --widths would not even fit the model.
-        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        state = read_state(checkpoint)
         if state["meta"] != meta:
             raise CallmError(
                 f"{checkpoint}: was trained with other settings; rerun without --resume or with the same options"
             )
-        _load_checkpoint(checkpoint, model, optimizer)
+        load_checkpoint(checkpoint, model, optimizer)
         start_epoch, losses, seconds = state["epoch"], state["losses"], state["seconds"]
     elif resume:
         raise CallmError(f"{checkpoint}: no checkpoint to resume from")
@@ -236,7 +209,7 @@ def train(
                 progress.update(step_task, advance=1, info=f"loss {total / (step + 1):.5f}  {rate:.1f} clips/s")
         seconds += time.perf_counter() - began
         losses.append(total / steps_per_epoch)
-        _save_checkpoint(
+        save_checkpoint(
             checkpoint, model, optimizer, {"epoch": epoch + 1, "losses": losses, "seconds": seconds, "meta": meta}
         )
         if progress is not None and step_task is not None and epoch_task is not None:

@@ -64,3 +64,20 @@ StrideOpt = Annotated[
 ThresholdOpt = Annotated[
     float | None, typer.Option(help="Gate threshold on the calibrated score (default: the calibrated one).")
 ]
+VlmDtypeOpt = Annotated[str | None, typer.Option(help="Override the config's stage-2 dtype.")]
+VlmDeviceOpt = Annotated[str | None, typer.Option(help="Override the config's stage-2 device.")]
+Load8bitOpt = Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bits (needs callm[8bit]).")]
+
+
+def vlm_config(path: Path, dtype: str | None, device: str | None, load_8bit: bool) -> Any:
+    """A stage-2 config file with the command line's overrides applied (a ``VLMConfig``)."""
+    import dataclasses
+
+    from callm.vlm.config import load_config
+
+    overrides: dict[str, Any] = {"load_in_8bit": True} if load_8bit else {}
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    if device is not None:
+        overrides["device"] = device
+    return dataclasses.replace(load_config(path), **overrides)

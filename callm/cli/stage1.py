@@ -12,16 +12,20 @@ from callm.cli.common import (
     DeviceOpt,
     DtypeOpt,
     FpsOpt,
+    Load8bitOpt,
     StrideOpt,
     ThresholdOpt,
+    VlmDeviceOpt,
+    VlmDtypeOpt,
     WeightsOpt,
     app,
     default_weights,
     user_errors,
+    vlm_config,
 )
 from callm.console import FrameBar, ScanBars, console, err_console, make_progress
 from callm.errors import CallmError
-from callm.video import is_frame_folder
+from callm.video import find_videos, is_frame_folder
 
 if TYPE_CHECKING:
     from callm.cascade import Stage1Recipe, Stage2
@@ -92,23 +96,13 @@ def train_ae_command(
     )
 
 
-def _vlm_config(path: Path | None, calls: str, dtype: str | None, device: str | None, load_8bit: bool) -> Any:
-    import dataclasses
-
-    from callm.vlm.config import load_config
-
+def _explain_config(path: Path | None, calls: str, dtype: str | None, device: str | None, load_8bit: bool) -> Any:
     if calls not in ("event", "window"):
         raise CallmError(f"--vlm-calls must be 'event' or 'window', got {calls!r}")
     env = os.environ.get("CALLM_VLM_CONFIG")
     if path is None and not env:
         raise CallmError("--explain needs a stage-2 config: pass --vlm CONFIG.toml or set CALLM_VLM_CONFIG")
-    config = load_config(path or Path(env or ""))
-    overrides: dict[str, Any] = {"load_in_8bit": True} if load_8bit else {}
-    if dtype is not None:
-        overrides["dtype"] = dtype
-    if device is not None:
-        overrides["device"] = device
-    return dataclasses.replace(config, **overrides) if overrides else config
+    return vlm_config(path or Path(env or ""), dtype, device, load_8bit)
 
 
 @app.command()
@@ -138,9 +132,9 @@ def detect(
     vlm_calls: Annotated[
         str, typer.Option(help="'event': one stage-2 call per event over its gated windows; 'window': one each.")
     ] = "event",
-    vlm_dtype: Annotated[str | None, typer.Option(help="Override the config's stage-2 dtype.")] = None,
-    vlm_device: Annotated[str | None, typer.Option(help="Override the config's stage-2 device.")] = None,
-    load_8bit: Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bits (needs callm[8bit]).")] = False,
+    vlm_dtype: VlmDtypeOpt = None,
+    vlm_device: VlmDeviceOpt = None,
+    load_8bit: Load8bitOpt = False,
 ) -> None:
     """Find abnormal moments in a video, or scan folders of them into a run folder (--out).
 
@@ -149,7 +143,7 @@ def detect(
     from callm.report import detection_summary, events_table, write_json
 
     if explain:
-        vlm_config = _vlm_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
+        vlm_config = _explain_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
     elif vlm is not None:
         raise CallmError("--vlm is only used with --explain")
     recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
@@ -159,6 +153,7 @@ def detect(
         if json_out is not None:
             raise CallmError("--json is for one video; a batch scan writes its JSON files into --out")
         if out is None:
+            find_videos(paths)  # a folder with nothing to scan gets that message, not this one
             raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
         if engine not in ("local", "ray"):
             raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")

@@ -95,7 +95,7 @@ class LoadReport:
 # Reading files
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else exc.__class__.__name__
 
@@ -113,7 +113,7 @@ def _torch_load(path: Path, component: str) -> Any:
             ) from None
         raise CallmError(f"{component}: {path} is damaged or not a torch weights file") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CallmError(f"{component}: {path} is damaged or not a torch weights file ({_first_line(exc)})") from None
+        raise CallmError(f"{component}: {path} is damaged or not a torch weights file ({first_line(exc)})") from None
 
 
 def read_checkpoint(path: str | Path, component: str) -> dict[str, torch.Tensor]:
@@ -171,7 +171,7 @@ class ModelFiles:
                 f"{self.component}: no access to hub repository {self.source} (wrong id, or gated: log in first)"
             ) from None
         except (HfHubHTTPError, OSError) as exc:
-            raise CallmError(f"{self.component}: cannot fetch {name} of {self.source} ({_first_line(exc)})") from None
+            raise CallmError(f"{self.component}: cannot fetch {name} of {self.source} ({first_line(exc)})") from None
 
     def require(self, name: str) -> Path:
         path = self.find(name)
@@ -627,14 +627,14 @@ def llm_hidden_size(source: str) -> int:
     try:
         return int(AutoConfig.from_pretrained(source).hidden_size)
     except (OSError, ValueError, AttributeError) as exc:
-        raise CallmError(f"{LLM}: cannot read the config of {source} ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: cannot read the config of {source} ({first_line(exc)})") from None
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as exc:
-        raise CallmError(f"{LLM}: cannot load the tokenizer of {source} ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: cannot load the tokenizer of {source} ({first_line(exc)})") from None
     if len(tokenizer) == 0 or not tokenizer("video", add_special_tokens=False).input_ids:
         raise CallmError(f"{LLM}: the tokenizer of {source} is empty")
     return tokenizer
@@ -661,10 +661,10 @@ def load_llm(
     try:
         llm, info = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True, **options)
     except ValueError as exc:
-        raise CallmError(f"{LLM}: {source} is not a causal language model ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: {source} is not a causal language model ({first_line(exc)})") from None
     except (OSError, RuntimeError) as exc:
         # transformers raises RuntimeError on tensors whose shapes differ from the config's
-        raise CallmError(f"{LLM}: cannot load {source} ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: cannot load {source} ({first_line(exc)})") from None
     missing = sorted(info["missing_keys"])
     if missing:
         raise CallmError(f"{LLM} ({source}) does not match its config: missing {_listing(missing)}")
@@ -711,9 +711,9 @@ def check_llm(source: str) -> int:
         with torch.device("meta"):
             llm = AutoModelForCausalLM.from_config(config)
     except ValueError as exc:
-        raise CallmError(f"{LLM}: {source} is not a causal language model ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: {source} is not a causal language model ({first_line(exc)})") from None
     except OSError as exc:
-        raise CallmError(f"{LLM}: cannot read the config of {source} ({_first_line(exc)})") from None
+        raise CallmError(f"{LLM}: cannot read the config of {source} ({first_line(exc)})") from None
     in_files = header_shapes(files)
     tied = set(getattr(llm, "all_tied_weights_keys", {}) or {})
     expected = {k: tuple(v.shape) for k, v in llm.state_dict().items() if k not in tied}

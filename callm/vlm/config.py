@@ -18,6 +18,7 @@ Video-LLaMA files (default: the published BLIP-2 / Video-LLaMA shapes); HF folde
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -135,3 +136,27 @@ def load_config(path: str | Path) -> VLMConfig:
         return VLMConfig(**{**table, **sources})
     except CallmError as exc:
         raise CallmError(f"{path}: {exc}") from None
+
+
+def _toml_value(value: str | int | float | bool) -> str:
+    # JSON strings and numbers are valid TOML; booleans differ only in case.
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
+
+
+def config_toml(config: VLMConfig, folder: Path) -> str:
+    """The config as a ``[vlm]`` TOML table for a file in ``folder``, which ``load_config`` reads back equal.
+
+    Weight files inside ``folder`` are written relative to it (the folder can move); other paths absolute.
+    """
+    lines, tables = ["[vlm]"], []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, dict):
+            if value:
+                tables += ["", f"[vlm.{f.name}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
+            continue
+        if f.name in WEIGHT_SOURCES and Path(value).exists():
+            path, home = Path(value).resolve(), folder.resolve()
+            value = str(path.relative_to(home) if path.is_relative_to(home) else path)
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"

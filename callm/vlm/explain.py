@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from callm.vlm.checkpoints import LoadReport, load_video_llm
 from callm.vlm.config import VLMConfig, load_config
@@ -102,10 +103,23 @@ class Explainer:
         question: str | None = None,
     ) -> Answer:
         """Answer about frames already sampled (one per timestamp, in seconds), e.g. read from a long video."""
+        pixel_values, prompt = self.prepare(frames, timestamps, box, question)
+        text = self.model.answer(pixel_values, prompt, self.generation)
+        verdict, explicit = parse_verdict(text)
+        return Answer(verdict, text, explicit)
+
+    def prepare(
+        self,
+        frames: np.ndarray,
+        timestamps: Sequence[float],
+        box: Sequence[int] | None = None,
+        question: str | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """The model's inputs for sampled frames: focused, preprocessed pixels and the prompt.
+
+        Fine-tuning builds its examples here too, so the model is trained on exactly what it is asked.
+        """
         if len(frames) != len(timestamps) or len(frames) == 0:
             raise ValueError(f"need one timestamp per frame, got {len(frames)} frames, {len(timestamps)} times")
         clip = focus(to_rgb(np.asarray(frames)), box, self.config.focus, self.config.crop_scale)
-        prompt = self.prompt(timestamps, question or self.config.question)
-        text = self.model.answer(self.preprocess(clip), prompt, self.generation)
-        verdict, explicit = parse_verdict(text)
-        return Answer(verdict, text, explicit)
+        return self.preprocess(clip), self.prompt(timestamps, question or self.config.question)

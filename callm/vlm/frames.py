@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from transformers import BlipImageProcessorPil
 
+from callm.errors import CallmError
+from callm.video import Video
 from callm.vlm.config import FOCUS_MODES, Focus
 
 BOX_COLOUR = (255, 0, 0)  # red on RGB frames
@@ -18,6 +20,36 @@ def sample_indices(num_frames: int, count: int) -> list[int]:
     """``count`` frames at equal steps from the first: the indices Video-LLaMA's uniform sampling picks."""
     count = min(count, num_frames)
     return [int(i * num_frames / count) for i in range(count)]
+
+
+def window_indices(start: int, end: int, count: int) -> list[int]:
+    """The frames of ``[start, end)`` that a clip of ``count`` frames shows, sampled as ``sample_indices`` does."""
+    return [start + i for i in sample_indices(end - start, count)]
+
+
+def iter_clips(video: Video, clips: Sequence[Sequence[int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(clip number, RGB frames at full size) for every clip of frame indices, from one decoding pass.
+
+    Clips are yielded as soon as their last frame is decoded and their frames dropped then, so memory holds
+    only the clips in progress, not a long video's worth of them.
+    """
+    needed_by: dict[int, list[int]] = {}
+    for number, clip in enumerate(clips):
+        for index in clip:
+            needed_by.setdefault(index, []).append(number)
+    if not needed_by:
+        return
+    gathered: dict[int, dict[int, np.ndarray]] = {number: {} for number in range(len(clips))}
+    last = max(needed_by)
+    for index, frame in enumerate(video.frames(rgb=True)):
+        for number in needed_by.get(index, ()):
+            gathered[number][index] = frame
+            if len(gathered[number]) == len(set(clips[number])):
+                frames = gathered.pop(number)
+                yield number, np.stack([frames[i] for i in clips[number]])
+        if index == last:
+            return
+    raise CallmError(f"{video.path}: ends before frame {last}, which a clip needs (its header promised more frames)")
 
 
 def to_rgb(frames: np.ndarray) -> np.ndarray:

@@ -84,6 +84,17 @@ class VideoQFormer(nn.Module):
         return self.llama_proj(summary)
 
 
+IGNORE_INDEX = -100  # the label cross-entropy skips: prompt and video positions
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt's token ids on either side of the placeholder (1-D); BOS leads ``before``."""
+
+    before: torch.Tensor
+    after: torch.Tensor
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """Greedy by default so the same clip always gets the same answer; sampling is opt-in and seeded."""
@@ -133,22 +144,69 @@ class VideoLLM(nn.Module):
     def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(frames, 3, S, S) pixels of one clip -> (1, video queries, LLM width) in the LLM's embedding dtype."""
         device = self.video_qformer.llama_proj.weight.device
-        frame_tokens = self.frame_encoder(pixel_values.to(device))
-        video_tokens = self.video_qformer(frame_tokens.float().unsqueeze(0))
+        return self.video_tokens(self.frame_encoder(pixel_values.to(device)))
+
+    def video_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """(frames, queries, width) frame-encoder output of one clip -> (1, video queries, LLM width)."""
+        device = self.video_qformer.llama_proj.weight.device
+        video_tokens = self.video_qformer(frame_tokens.to(device).float().unsqueeze(0))
         return video_tokens.to(self.llm.get_input_embeddings().weight.dtype)
 
-    def embed_prompt(self, prompt: str, video_tokens: torch.Tensor) -> torch.Tensor:
-        """Embed the text around the placeholder (BOS on the first piece only) with the video tokens between."""
+    def tokenize_prompt(self, prompt: str) -> PromptTokens:
+        """The token ids around the placeholder: BOS on the first piece only, as Video-LLaMA's demo sends them."""
         before, placeholder, after = prompt.partition(PLACEHOLDER)
         if not placeholder or PLACEHOLDER in after:
             raise ValueError(f"the prompt must hold {PLACEHOLDER} exactly once")
-        embed = self.llm.get_input_embeddings()
-        pieces = [
-            self.tokenizer(text, return_tensors="pt", add_special_tokens=first).input_ids
+        device = self.llm.get_input_embeddings().weight.device
+        before_ids, after_ids = (
+            self.tokenizer(text, return_tensors="pt", add_special_tokens=first).input_ids[0].to(device)
             for text, first in ((before, True), (after, False))
-        ]
-        embedded = [embed(ids.to(embed.weight.device)) for ids in pieces]
-        return torch.cat([embedded[0], video_tokens.to(embedded[0].device), embedded[1]], dim=1)
+        )
+        return PromptTokens(before_ids, after_ids)
+
+    def tokenize_answer(self, answer: str, max_tokens: int) -> torch.Tensor:
+        """The ids a fine-tuned model should generate after the prompt: the answer, then the template's reply end.
+
+        No leading space: the tokenizer's own word-start marker (LLaMA's dummy prefix) supplies it, which is what
+        greedy decoding after "Assistant:" or "[/INST]" produces.
+        """
+        ids = self.tokenizer(answer + self.template.reply_end, return_tensors="pt", add_special_tokens=False)
+        return ids.input_ids[0, :max_tokens].to(self.llm.get_input_embeddings().weight.device)
+
+    def embed_prompt(self, prompt: str, video_tokens: torch.Tensor) -> torch.Tensor:
+        """Embed the text around the placeholder with the video tokens between."""
+        tokens = self.tokenize_prompt(prompt)
+        return self._embed([tokens.before, video_tokens, tokens.after])
+
+    def _embed(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """(1, length, width) embeddings of token-id pieces (1-D) and already embedded pieces (1, n, width)."""
+        embed = self.llm.get_input_embeddings()
+        embedded = [embed(p)[None] if p.ndim == 1 else p.to(embed.weight.device) for p in pieces]
+        return torch.cat(embedded, dim=1)
+
+    def teacher_forcing(
+        self, prompt: PromptTokens, answer_ids: torch.Tensor, video_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training example: (1, L, width) embeddings of prompt + answer and (L,) labels that are
+        ``IGNORE_INDEX`` everywhere but on the answer ids, so the loss is the answer's alone."""
+        inputs_embeds = self._embed([prompt.before, video_tokens, prompt.after, answer_ids])
+        prompt_length = inputs_embeds.shape[1] - len(answer_ids)
+        ignored = torch.full((prompt_length,), IGNORE_INDEX, dtype=torch.long, device=answer_ids.device)
+        return inputs_embeds, torch.cat([ignored, answer_ids])
+
+    def loss(self, examples: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of a batch of ``teacher_forcing`` examples (padded right)."""
+        longest = max(embeds.shape[1] for embeds, _ in examples)
+        inputs, labels, mask = [], [], []
+        for embeds, example_labels in examples:
+            pad = longest - embeds.shape[1]
+            inputs.append(nn.functional.pad(embeds[0], (0, 0, 0, pad)))
+            labels.append(nn.functional.pad(example_labels, (0, pad), value=IGNORE_INDEX))
+            mask.append(nn.functional.pad(torch.ones_like(example_labels), (0, pad)))
+        output = self.llm(
+            inputs_embeds=torch.stack(inputs), attention_mask=torch.stack(mask), labels=torch.stack(labels)
+        )
+        return output.loss
 
     @torch.no_grad()
     def answer(self, pixel_values: torch.Tensor, prompt: str, options: GenerationOptions) -> str:

@@ -33,6 +33,7 @@ class Template:
     layout: str  # str.format pattern with {system} and {message}
     stop: str  # the reply ends at the first occurrence of this text
     reply_role: str  # a reply that repeats its role label is cut after it, as Video-LLaMA's demo does
+    reply_end: str  # what follows a reply in Video-LLaMA's training text: fine-tuning teaches the model to stop
 
     def prompt(self, message: str, system: str = VIDEO_SYSTEM) -> str:
         return self.layout.format(system=system, message=message)
@@ -43,7 +44,13 @@ class Template:
 
 
 # Vicuna v0 (SeparatorStyle.SINGLE, sep "###"): system + sep, "Human: " + message + sep, then "Assistant:".
-VICUNA = Template(name="vicuna", layout="{system}###Human: {message}###Assistant:", stop="###", reply_role="Assistant:")
+VICUNA = Template(
+    name="vicuna",
+    layout="{system}###Human: {message}###Assistant:",
+    stop="###",
+    reply_role="Assistant:",
+    reply_end="\n###",
+)
 # LLaMA-2-chat (SeparatorStyle.LLAMA_2): the system block sits inside the first [INST]; the leading "<s>"
 # separator is stripped by the demo and added back by the tokenizer as the BOS token.
 LLAMA2 = Template(
@@ -51,6 +58,7 @@ LLAMA2 = Template(
     layout="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{message} [/INST]",
     stop="</s>",
     reply_role="ASSISTANT:",
+    reply_end=" </s>",
 )
 
 TEMPLATES = {template.name: template for template in (VICUNA, LLAMA2)}
