@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,8 @@ from callm.ae.events import Event, find_events, gated_windows, window_starts
 from callm.ae.score import FrameScorer
 from callm.ae.weights import AEWeights, load
 from callm.device import parse_dtype, pick_device
+from callm.errors import CallmError
+from callm.files import read_json
 from callm.metrics import minmax
 from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video
 
@@ -81,6 +83,33 @@ class Detection:
     def scores_minmax(self) -> np.ndarray:
         """Per-video min-max normalised score, the benchmark protocol (needs the whole video)."""
         return minmax(self.scores)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Detection:
+        """The Detection a ``to_dict`` (a ``detect --json`` file) was written from; KeyError etc. if it is not one."""
+        num_frames = int(data["num_frames"])
+        explanations = None
+        if "vlm_calls" in data:  # stage 2 ran: every event carries its verdict
+            explanations = [
+                Explanation(e["verdict"], e["explanation"], e["verdict_explicit"], e["vlm_windows"], e["vlm_frames"])
+                for e in data["events"]
+            ]
+        return cls(
+            video=data["video"],
+            fps=float(data["fps"]),
+            num_frames=num_frames,
+            frame_size=(int(data["frame_size"][0]), int(data["frame_size"][1])),
+            threshold=float(data["threshold"]),
+            psnr=np.asarray(data["psnr"], dtype=np.float64),
+            scores=np.asarray(data["scores"], dtype=np.float64),
+            events=[Event(**{f.name: event[f.name] for f in fields(Event)}) for event in data["events"]],
+            window_starts=window_starts(num_frames),
+            gated_starts=[int(s) for s in data["gated_window_starts"]],
+            seconds=float(data["seconds"]),
+            settings=data.get("settings", {}),
+            explanations=explanations,
+            vlm_calls=int(data.get("vlm_calls", 0)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         events = [e.to_dict() for e in self.events]
@@ -167,6 +196,21 @@ class Stage1:
         )
 
 
+def read_detection(path: str | Path) -> Detection:
+    """A ``callm detect --json`` file (or a scan's per-video JSON) back as a Detection."""
+    try:
+        return Detection.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CallmError(f"{path}: not a callm detect JSON file (written by callm detect --json)") from None
+
+
+def call_frames(window_starts: list[int], count: int) -> list[int]:
+    """The ``count`` frames a stage-2 call about these (adjacent) windows shows, sampled across all of them."""
+    from callm.vlm.frames import window_indices
+
+    return window_indices(window_starts[0], window_starts[-1] + WINDOW, count)
+
+
 def stage2_calls(detection: Detection, grouping: CallGrouping) -> list[tuple[int, list[int]]]:
     """(event index, window starts) for each stage-2 call: an event's gated windows in one call, or one each."""
     calls = []
@@ -188,11 +232,8 @@ class Stage2:
         self.folder_fps = folder_fps
 
     def explain(self, detection: Detection, progress: Progress | None = None) -> None:
-        from callm.vlm.frames import window_indices
-
         calls = stage2_calls(detection, self.grouping)
-        count = self.explainer.config.frames
-        sampled = [window_indices(starts[0], starts[-1] + WINDOW, count) for _, starts in calls]
+        sampled = [call_frames(starts, self.explainer.config.frames) for _, starts in calls]
         # One decoding pass fetches every sampled frame, at full size and in colour, for all calls.
         frames = Video(detection.video, folder_fps=self.folder_fps).read_frames(i for f in sampled for i in f)
         answers: dict[int, list[Explanation]] = {}

@@ -53,6 +53,17 @@ def write_json_atomic(dest: str | Path, data: Any) -> None:
     write_text_atomic(dest, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or a one-line error saying why it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CallmError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CallmError(f"{path}: not a JSON file") from None
+
+
 def read_jsonl(path: str | Path) -> list[Any]:
     """The records of a JSON-lines file written by ``append_jsonl``, repaired after a kill.
 

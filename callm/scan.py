@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import cv2
 
 from callm.errors import CallmError
-from callm.files import write_atomic, write_json_atomic, write_text_atomic
+from callm.files import append_jsonl, read_jsonl, write_atomic, write_json_atomic, write_text_atomic
 from callm.video import Video, find_videos
 
 if TYPE_CHECKING:
@@ -124,21 +124,11 @@ class RunFolder:
         return self.root / SUMMARY
 
     def _read_summary(self) -> dict[str, dict[str, Any]]:
-        """Records by key. A line cut by a kill is dropped (the file is rewritten clean), so it is redone."""
-        if not self.summary_path.is_file():
-            return {}
-        records: dict[str, dict[str, Any]] = {}
-        text = self.summary_path.read_text(encoding="utf-8", errors="replace")
-        damaged = bool(text) and not text.endswith("\n")
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-                records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                damaged = True
-        if damaged:
-            write_text_atomic(self.summary_path, "".join(json.dumps(r) + "\n" for r in records.values()))
-        return records
+        """Records by key; a line cut by a kill is dropped by ``read_jsonl``, so its video is simply redone."""
+        records = read_jsonl(self.summary_path)
+        if not all(isinstance(r, dict) and "key" in r and "status" in r for r in records):
+            raise CallmError(f"{self.summary_path}: not a callm scan summary; use another --out folder")
+        return {r["key"]: r for r in records}
 
     def is_done(self, key: str, retry_errors: bool) -> bool:
         record = self.records.get(key)
@@ -180,10 +170,8 @@ class RunFolder:
             write_text_atomic(self.summary_path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
         else:
             self.records[result.key] = record
-            with open(self.summary_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            with append_jsonl(self.summary_path) as append:
+                append(record)
         return record
 
     def write_csv(self) -> None:

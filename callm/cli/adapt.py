@@ -16,7 +16,9 @@ from callm.cli.common import (
     ThresholdOpt,
     VlmDeviceOpt,
     VlmDtypeOpt,
+    VlmOpt,
     app,
+    quiet_transformers,
     user_errors,
     vlm_config,
 )
@@ -24,13 +26,6 @@ from callm.console import console, make_progress
 from callm.errors import CallmError
 
 PANEL = "Adapt stage 2 to a site (CALLM)"
-VlmOpt = Annotated[Path, typer.Option("--vlm", help="Stage-2 config (TOML) naming its weights.")]
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bars show the work
 
 
 @app.command(rich_help_panel=PANEL)
@@ -53,7 +48,7 @@ def caption(
     from callm.device import parse_dtype, pick_device
     from callm.vlm.caption import Blip2Captioner, CaptionOptions, caption_videos
 
-    _quiet_transformers()
+    quiet_transformers()
     options = CaptionOptions(
         every=every, batch_size=batch_size, prompt=prompt, max_new_tokens=max_new_tokens, folder_fps=fps
     )
@@ -183,7 +178,7 @@ def finetune_command(
     )
     site = [item for path in instructions for item in read_instructions(path)]
     general = read_instructions(mix) if mix else []
-    _quiet_transformers()
+    quiet_transformers()
     explainer = Explainer.from_config(vlm_config(vlm, vlm_dtype, vlm_device, False))
     with make_progress() as progress:
         result = finetune(explainer, site, out, settings, general, resume, progress)
@@ -224,7 +219,7 @@ def eval_vlm(
         videos = read_video_list(data)
     else:
         raise CallmError(f"{data}: no such file or directory")
-    _quiet_transformers()
+    quiet_transformers()
     explainer = Explainer.from_config(vlm_config(vlm, vlm_dtype, vlm_device, load_8bit))
     with make_progress() as progress:
         result = evaluate_vlm(explainer, videos, question, fps, progress)

@@ -67,6 +67,13 @@ ThresholdOpt = Annotated[
 VlmDtypeOpt = Annotated[str | None, typer.Option(help="Override the config's stage-2 dtype.")]
 VlmDeviceOpt = Annotated[str | None, typer.Option(help="Override the config's stage-2 device.")]
 Load8bitOpt = Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bits (needs callm[8bit]).")]
+VlmOpt = Annotated[Path, typer.Option("--vlm", help="Stage-2 config (TOML) naming its weights.")]
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars show the work
 
 
 def vlm_config(path: Path, dtype: str | None, device: str | None, load_8bit: bool) -> Any:

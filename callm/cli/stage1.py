@@ -20,6 +20,7 @@ from callm.cli.common import (
     WeightsOpt,
     app,
     default_weights,
+    quiet_transformers,
     user_errors,
     vlm_config,
 )
@@ -175,12 +176,10 @@ def detect(
 
 
 def _stage2(config: Any, calls: str, fps: float) -> Stage2:
-    from transformers.utils import logging as hf_logging
-
     from callm.cascade import Stage2
     from callm.vlm.explain import Explainer
 
-    hf_logging.disable_progress_bar()  # our own bars already show the loading and the calls
+    quiet_transformers()
     return Stage2(Explainer.from_config(config), calls, fps)  # type: ignore[arg-type]
 
 

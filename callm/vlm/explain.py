@@ -121,5 +121,9 @@ class Explainer:
         """
         if len(frames) != len(timestamps) or len(frames) == 0:
             raise ValueError(f"need one timestamp per frame, got {len(frames)} frames, {len(timestamps)} times")
+        return self.pixels(frames, box), self.prompt(timestamps, question or self.config.question)
+
+    def pixels(self, frames: np.ndarray, box: Sequence[int] | None = None) -> torch.Tensor:
+        """Sampled frames as the model's input: focused on the box as the config says, resized and normalised."""
         clip = focus(to_rgb(np.asarray(frames)), box, self.config.focus, self.config.crop_scale)
-        return self.preprocess(clip), self.prompt(timestamps, question or self.config.question)
+        return self.preprocess(clip)

@@ -5,6 +5,7 @@ Nothing here reads a file; ``callm.vlm.checkpoints`` builds these modules and fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
+    TextStreamer,
 )
 
 from callm.vlm.prompt import PLACEHOLDER, Template
@@ -123,6 +125,38 @@ class StopAtText(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class ReplyStreamer(TextStreamer):
+    """Hands a reply to ``on_text`` piece by piece as it is generated, up to the template's stop text.
+
+    The tail that could be the start of the stop text ("#", "##" before "###") is held back until the next
+    piece settles it, so the stop text never shows. Leading spaces are dropped, as the final answer drops them;
+    a role label the model repeats mid-reply, which the final answer cuts, cannot be foreseen and does show.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: str, on_text: Callable[[str], None]) -> None:
+        # skip_prompt: generate first passes the prompt's ids (none, when given only embeddings).
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stop = stop
+        self.on_text = on_text
+        self.received = ""
+        self.shown = 0
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.received += text
+        visible, stopped, _ = self.received.partition(self.stop)
+        if not (stopped or stream_end):
+            visible = visible[: len(visible) - _partial_stop(visible, self.stop)]
+        visible = visible.lstrip()
+        if len(visible) > self.shown:
+            self.on_text(visible[self.shown :])
+            self.shown = len(visible)
+
+
+def _partial_stop(text: str, stop: str) -> int:
+    """Length of the longest end of ``text`` that begins ``stop``."""
+    return next((n for n in range(len(stop) - 1, 0, -1) if text.endswith(stop[:n])), 0)
+
+
 class VideoLLM(nn.Module):
     """The whole explainer: frames -> video tokens spliced into the prompt at the placeholder -> LLM answer."""
 
@@ -208,9 +242,20 @@ class VideoLLM(nn.Module):
         )
         return output.loss
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens the LLM attends to: prompt, video tokens and answer together."""
+        return int(self.llm.config.max_position_embeddings)
+
     @torch.no_grad()
     def answer(self, pixel_values: torch.Tensor, prompt: str, options: GenerationOptions) -> str:
-        inputs_embeds = self.embed_prompt(prompt, self.encode_video(pixel_values))
+        return self.reply(self.embed_prompt(prompt, self.encode_video(pixel_values)), options)
+
+    @torch.no_grad()
+    def reply(
+        self, inputs_embeds: torch.Tensor, options: GenerationOptions, on_text: Callable[[str], None] | None = None
+    ) -> str:
+        """The cleaned answer to an embedded prompt; ``on_text`` receives its text as it is generated."""
         sampling = (
             {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p}
             if options.sample
@@ -227,6 +272,7 @@ class VideoLLM(nn.Module):
                 max_new_tokens=options.max_new_tokens,
                 max_length=None,  # else a max_length in the LLM's generation_config competes with max_new_tokens
                 stopping_criteria=StoppingCriteriaList([StopAtText(self.tokenizer, self.template.stop)]),
+                streamer=None if on_text is None else ReplyStreamer(self.tokenizer, self.template.stop, on_text),
                 eos_token_id=eos,
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
                 **sampling,

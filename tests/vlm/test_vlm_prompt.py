@@ -43,3 +43,16 @@ def test_explainer_prompt_uses_the_video_time_of_the_sampled_frames(explainer: E
         "###Human: <Video><ImageHere></Video> The video contains 8 frames sampled at "
         "12.0, 12.2, 12.4, 12.6, 12.8, 13.0, 13.2, 13.4 seconds.  Why?###Assistant:"
     )
+
+
+def test_multi_turn_prompts_follow_video_llamas_get_prompt() -> None:
+    # SINGLE: system + "###", role + ": " + message + "###" for every message, "Assistant:" for the next reply.
+    turns = [("first", "one"), ("second", "two")]
+    assert VICUNA.conversation(turns, "third", "S") == (
+        "S###Human: first###Assistant: one###Human: second###Assistant: two###Human: third###Assistant:"
+    )
+    # LLAMA_2: the system inside the first [INST]; " reply </s>" after each reply; "<s>" before each later [INST].
+    assert LLAMA2.conversation(turns, "third", "S") == (
+        "[INST] <<SYS>>\nS\n<</SYS>>\n\nfirst [/INST] one </s><s>[INST] second [/INST] two </s><s>[INST] third [/INST]"
+    )
+    assert VICUNA.conversation([], "only") == VICUNA.prompt("only")
