@@ -209,3 +209,27 @@ def test_boxes_are_in_original_frame_pixels() -> None:
 def test_scoring_a_stream_too_short_for_one_window() -> None:
     with pytest.raises(CallmError, match="at least 16"):
         scoring_windows(12, stride=1)
+
+
+class OffsetStamp(WindowStamp):
+    """Like WindowStamp, but the error also grows with the frame's offset inside its window."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1)
+        return x + (offsets + 1) * self.STEP
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_frames_at_the_ends_copy_the_nearest_scored_frame(stride: int) -> None:
+    """A window's edge frames reconstruct worse than its middle: the ends of a video must not be scored from
+    them, or every video would start and end with a false alarm."""
+    frames = [np.full((16, 16), i, dtype=np.uint8) for i in range(40)]
+    scorer = FrameScorer(OffsetStamp(), ErrorMeasure("frame", 0), torch.device("cpu"), torch.float32, stride=stride)
+    psnr = scorer.score_frames(iter(frames), (16, 16), "synthetic").psnr
+    lo, hi = scored_range(stride)
+    first_scored, last_scored = lo, 40 - WINDOW + hi - 1
+    assert np.all(psnr[:first_scored] == psnr[first_scored])
+    assert np.all(psnr[last_scored + 1 :] == psnr[last_scored])
+    # Inside, every frame was scored at an offset in [lo, hi) of its window, never at the window's edges.
+    offsets = np.rint(np.sqrt(4 * 10 ** (-psnr / 10)) / OffsetStamp.STEP).astype(int) - 1
+    assert offsets.min() >= lo and offsets.max() < hi

@@ -168,19 +168,23 @@ class FrameScorer:
         psnr: dict[int, float] = {}
         boxes: dict[int, list[int]] = {}
         distance: dict[int, int] = {}
-        windows = 0
+        windows = n = 0
         windows_iter = iter_windows(frames, step=self.stride, source=source)
         for batch in _batched(windows_iter, self.batch_size):
             errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
             for window, error in zip(batch, errors, strict=True):
                 windows += 1
+                n = window.start + WINDOW
                 self._assign(window, error, frame_size, psnr, boxes, distance)
                 if on_window is not None:
-                    on_window(window.start + WINDOW)
-        n = max(psnr) + 1
+                    on_window(n)
+        # Frames before the first scored frame and after the last take the nearest window's value: a window's
+        # edge frames reconstruct worse than its middle, and would read as anomalies at every video's ends.
+        first, last = min(psnr), max(psnr)
+        nearest = [min(max(i, first), last) for i in range(n)]
         return FrameScores(
-            psnr=np.array([psnr[i] for i in range(n)], dtype=np.float64),
-            boxes=np.array([boxes[i] for i in range(n)], dtype=np.int64),
+            psnr=np.array([psnr[i] for i in nearest], dtype=np.float64),
+            boxes=np.array([boxes[i] for i in nearest], dtype=np.int64),
             windows_scored=windows,
         )
 
@@ -194,10 +198,6 @@ class FrameScorer:
         distance: dict[int, int],
     ) -> None:
         lo, hi = scored_range(self.stride)
-        if window.start == 0:
-            lo = 0  # the first window also covers the frames before its centre
-        if window.last:
-            hi = WINDOW  # and the last one the frames after it
         offsets = [o for o in range(lo, hi) if abs(o - CENTRE) < distance.get(window.start + o, WINDOW + 1)]
         if not offsets:
             return

@@ -40,7 +40,7 @@ class ScoringSettings:
     error: str = "motion"
     patch_fraction: float = 0.125  # side of the scored error region, as a share of the model's frame side
     top_k: int = 8
-    smooth_sigma: float = 5.0
+    smooth_sigma: float = 7.0  # frames; 0.7 s at Ped2's 10 fps
     stride: int = 8
     quantile: float = 0.99
 

@@ -58,7 +58,10 @@ def train_ae_command(
     crop: Annotated[int, typer.Option(help="Train on crops of this side (0 = whole frames).")] = 64,
     holdout: Annotated[float, typer.Option(help="Share of videos held out to calibrate the gate.")] = 0.15,
     quantile: Annotated[float, typer.Option(help="Share of held-out normal frames below the threshold.")] = 0.99,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    smooth: Annotated[float, typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames).")] = 7.0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT/checkpoint (a finished run is only calibrated again).")
+    ] = False,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
@@ -74,7 +77,7 @@ def train_ae_command(
         raise CallmError(f"--widths must be comma-separated integers, got {widths!r}") from None
     config = AEConfig(height=size, width=size, widths=width_list)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop)
-    scoring = ScoringSettings(quantile=quantile)
+    scoring = ScoringSettings(quantile=quantile, smooth_sigma=smooth)
     with make_progress() as progress:
         weights = train_ae(
             data,
