@@ -22,7 +22,8 @@ from callm.files import read_json
 from callm.metrics import minmax
 from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video
 
-if TYPE_CHECKING:  # stage 2 is imported only by callers that asked for it (detect --explain)
+if TYPE_CHECKING:  # stage 2 and the VADor are imported only by callers that asked for them
+    from callm.vador.online import VADorDetector
     from callm.vlm.explain import Explainer
 
 CallGrouping = Literal["event", "window"]
@@ -60,6 +61,26 @@ class Explanation:
         }
 
 
+@dataclass(frozen=True)
+class LTCResult:
+    """What the VADor (+ Long-Term Context) found in a video: clip scores, its own events and its answer."""
+
+    clips: list[tuple[int, int]]  # [start, end) frames of each clip
+    clip_scores: list[float]  # abnormal probability per clip
+    events: list[Event]
+    answer: str  # VAD-LLaMA's time-stamped answer
+    answer_source: str  # "template", or "llm" when a phase-3 adaptor wrote it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clips": [list(c) for c in self.clips],
+            "clip_scores": [round(float(s), 4) for s in self.clip_scores],
+            "events": [{**e.to_dict(), "found_by": "ltc"} for e in self.events],
+            "answer": self.answer,
+            "answer_source": self.answer_source,
+        }
+
+
 @dataclass
 class Detection:
     """Everything stage 1 found in one video; ``to_dict`` is the documented JSON layout."""
@@ -78,6 +99,7 @@ class Detection:
     settings: dict[str, Any] = field(default_factory=dict)
     explanations: list[Explanation] | None = None  # one per event once stage 2 ran, None without it
     vlm_calls: int = 0
+    ltc: LTCResult | None = None  # the VAD-LLaMA path's own finding, with --explainer ltc
 
     @property
     def scores_minmax(self) -> np.ndarray:
@@ -116,6 +138,8 @@ class Detection:
         if self.explanations is not None:
             for event, explanation in zip(events, self.explanations, strict=True):
                 event.update(explanation.to_dict())
+        for event in events:
+            event["found_by"] = "stage1"
         result = {
             "video": self.video,
             "fps": self.fps,
@@ -134,6 +158,8 @@ class Detection:
         }
         if self.explanations is not None:
             result["vlm_calls"] = self.vlm_calls
+        if self.ltc is not None:
+            result["ltc"] = self.ltc.to_dict()
         return result
 
 
@@ -250,6 +276,14 @@ class Stage2:
                 progress.update(task, advance=1)
         detection.explanations = [_merge(answers[i]) for i in range(len(detection.events))]
         detection.vlm_calls = len(calls)
+
+
+def explain_with_ltc(detection: Detection, detector: VADorDetector, folder_fps: float = DEFAULT_FOLDER_FPS) -> None:
+    """Run the VADor over the video; its events join stage 1's in the result, marked as found by the LTC path."""
+    found = detector.detect(Video(detection.video, folder_fps=folder_fps))
+    detection.ltc = LTCResult(
+        found.clips, [float(s) for s in found.clip_scores], found.events, found.answer, "template"
+    )
 
 
 def _merge(parts: list[Explanation]) -> Explanation:

@@ -130,6 +130,12 @@ def detect(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     explain: Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")] = False,
+    explainer: Annotated[
+        str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
+    ] = "vlm",
+    vador: Annotated[
+        Path | None, typer.Option(help="Trained VADor folder (callm train-vador) for --explainer ltc.")
+    ] = None,
     vlm: Annotated[
         Path | None, typer.Option(help="Stage-2 config (TOML) naming its weights; default $CALLM_VLM_CONFIG.")
     ] = None,
@@ -150,12 +156,19 @@ def detect(
         vlm_config = _explain_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
     elif vlm is not None:
         raise CallmError("--vlm is only used with --explain")
+    if explainer not in ("vlm", "ltc"):
+        raise CallmError(f"--explainer must be 'vlm' or 'ltc', got {explainer!r}")
+    if (explainer == "ltc") != (vador is not None):
+        raise CallmError("--explainer ltc and --vador VADOR_DIR go together")
     recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
     stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
+    ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype) if vador is not None else None
     batch = out is not None or len(paths) > 1 or (paths[0].is_dir() and not is_frame_folder(paths[0]))
     if batch:
         if json_out is not None:
             raise CallmError("--json is for one video; a batch scan writes its JSON files into --out")
+        if ltc is not None:
+            raise CallmError("--explainer ltc runs on one video at a time; batch scans use stage 1 (and --explain)")
         if out is None:
             find_videos(paths)  # a folder with nothing to scan gets that message, not this one
             raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
@@ -171,11 +184,26 @@ def detect(
         bar.close()
         if explain:
             _stage2(vlm_config, vlm_calls, fps).explain(detection, progress)
-    if detection.events:
+        if ltc is not None:
+            from callm.cascade import explain_with_ltc
+
+            explain_with_ltc(detection, ltc, fps)
+    if detection.events or detection.ltc is not None:
         console.print(events_table(detection))
     console.print(detection_summary(detection))
     if json_out is not None:
         write_json(json_out, detection.to_dict())
+
+
+def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str) -> Any:
+    from callm.device import parse_dtype, pick_device
+    from callm.vador.features import encoder_for
+    from callm.vador.online import VADorDetector
+    from callm.vador.weights import load as load_vador
+
+    weights = load_vador(vador)
+    encoder = encoder_for(weights.features, pick_device(device), parse_dtype(dtype), ae_weights=ae_weights)
+    return VADorDetector(encoder, weights)
 
 
 def _stage2(config: Any, calls: str, fps: float) -> Stage2:

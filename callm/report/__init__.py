@@ -19,25 +19,32 @@ def _clock(seconds: float) -> str:
 
 
 def events_table(detection: Detection) -> Table:
-    """The events shown as anomalies: all of stage 1's, minus those stage 2 judged normal."""
+    """The events shown as anomalies: stage 1's, minus those stage 2 judged normal, and the LTC path's."""
     explained = detection.explanations is not None
     table = Table(title=f"Anomalies in {Path(detection.video).name}")
     columns = ["#", "time", "frames", "peak score", "box [x0, y0, x1, y1]"]
-    for name in columns + (["explanation"] if explained else []):
+    columns += ["found by"] if detection.ltc is not None else []
+    columns += ["explanation"] if explained else []
+    for name in columns:
         table.add_column(name, justify="right" if name in ("#", "peak score") else "left")
-    for index, event in enumerate(detection.events, start=1):
+    rows = []
+    for index, event in enumerate(detection.events):
+        explanation = detection.explanations[index] if detection.explanations is not None else None
+        if explanation is not None and explanation.verdict == "normal":
+            continue
+        rows.append((event, "stage 1", explanation.text or "(no text)" if explanation else None))
+    if detection.ltc is not None:
+        rows += [(event, "LTC", None) for event in detection.ltc.events]
+    for number, (event, found_by, text) in enumerate(sorted(rows, key=lambda r: r[0].start_frame), start=1):
         row = [
-            str(index),
+            str(number),
             f"{_clock(event.start_s)} - {_clock(event.end_s)}",
             f"{event.start_frame}-{event.end_frame}",
             f"{event.peak_score:.2f}",
             str(event.box),
         ]
-        if detection.explanations is not None:
-            explanation = detection.explanations[index - 1]
-            if explanation.verdict == "normal":
-                continue
-            row.append(explanation.text or "(no text)")
+        row += [found_by] if detection.ltc is not None else []
+        row += [text or ""] if explained else []
         table.add_row(*row)
     return table
 
@@ -54,10 +61,11 @@ def detection_summary(detection: Detection) -> str:
 
 
 def _stage2_summary(detection: Detection) -> str:
+    ltc = "" if detection.ltc is None else f"; LTC path ({detection.ltc.answer_source}): {detection.ltc.answer}"
     if detection.explanations is None:
-        return ""
+        return ltc
     cleared = sum(e.verdict == "normal" for e in detection.explanations)
-    return f"; stage 2: {detection.vlm_calls} call(s), {cleared} event(s) judged normal and not shown"
+    return f"; stage 2: {detection.vlm_calls} call(s), {cleared} event(s) judged normal and not shown" + ltc
 
 
 def eval_table(result: dict[str, Any]) -> Table:

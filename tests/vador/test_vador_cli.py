@@ -191,3 +191,30 @@ def test_detector_scores_a_stream_as_the_features_do(
     other = AEClipEncoder.from_weights(weights_dir, torch.device("cpu"), torch.float32, "max")
     with pytest.raises(CallmError, match="trained on others"):
         VADorDetector(other, weights)
+
+
+def test_detect_with_the_ltc_explainer_joins_its_events_to_stage_1s(
+    phase2: Path, clip_dir: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "d.json"
+    args = ["detect", clip_dir / "intruder.avi", "-w", weights_dir, "--explainer", "ltc", "--vador", phase2]
+    invoke(*args, "--json", out, *CPU)
+    data = json.loads(out.read_text())
+    assert all(e["found_by"] == "stage1" for e in data["events"])
+    ltc = data["ltc"]
+    assert len(ltc["clip_scores"]) == len(ltc["clips"]) == 4  # 64 frames in clips of 16
+    assert all(0.0 <= s <= 1.0 for s in ltc["clip_scores"])
+    assert all(e["found_by"] == "ltc" for e in ltc["events"])
+    # The events are where the clip scores pass 0.5, and the answer states their times.
+    abnormal = [c for c, s in zip(ltc["clips"], ltc["clip_scores"], strict=True) if s > 0.5]
+    assert sum(e["end_frame"] - e["start_frame"] + 1 for e in ltc["events"]) == sum(b - a for a, b in abnormal)
+    if ltc["events"]:
+        assert ltc["answer"].startswith("Yes, there are anomalies from")
+    else:
+        assert ltc["answer"] == "No, there are no anomalies."
+    assert ltc["answer_source"] == "template"
+
+
+def test_the_ltc_explainer_needs_its_vador(clip_dir: Path, weights_dir: Path) -> None:
+    args = ["detect", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--explainer", "ltc"]
+    assert_user_error(CliRunner().invoke(app, args), "--vador")
