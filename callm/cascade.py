@@ -32,8 +32,9 @@ FramesDone = Callable[[int, int | None], None]
 
 @dataclass(frozen=True)
 class DetectOptions:
-    # Windows every 8 frames, each scoring its middle 8: 8x the paper's speed (stride 1) at nearly its accuracy.
-    stride: int = 8
+    # None: the stride the weights were calibrated at (8 for the shipped ones: windows every 8 frames, each
+    # scoring its middle 8, 8x the paper's speed at nearly its accuracy).
+    stride: int | None = None
     threshold: float | None = None  # None = the calibrated threshold stored with the weights
     min_event_frames: int = 5  # half a second at Ped2's 10 fps; shorter blips are flicker
     max_gap: int = 10  # below-threshold dips this short do not split an event
@@ -174,7 +175,7 @@ class Stage1:
             self.calibration.measure,
             device=device,
             dtype=dtype,
-            stride=options.stride,
+            stride=options.stride or self.calibration.stride,
             batch_size=options.batch_size,
         )
 
@@ -211,7 +212,7 @@ class Stage1:
             gated_starts=gated_windows(events, n),
             seconds=time.perf_counter() - began,
             settings={
-                "stride": self.options.stride,
+                "stride": self.scorer.stride,
                 "min_event_frames": self.options.min_event_frames,
                 "max_gap": self.options.max_gap,
                 "error": self.calibration.error,
@@ -279,10 +280,13 @@ class Stage2:
 
 
 def explain_with_ltc(detection: Detection, detector: VADorDetector, folder_fps: float = DEFAULT_FOLDER_FPS) -> None:
-    """Run the VADor over the video; its events join stage 1's in the result, marked as found by the LTC path."""
+    """Run the VADor over the video; its events join stage 1's in the result, marked as found by the LTC path.
+
+    The answer is the LLM's when the detector has a phase-3 adaptor (``answer_source`` "llm"), else the template's.
+    """
     found = detector.detect(Video(detection.video, folder_fps=folder_fps))
     detection.ltc = LTCResult(
-        found.clips, [float(s) for s in found.clip_scores], found.events, found.answer, "template"
+        found.clips, [float(s) for s in found.clip_scores], found.events, found.answer, found.answer_source
     )
 
 

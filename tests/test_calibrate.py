@@ -13,7 +13,7 @@ from callm.errors import CallmError
 def fitted(quantile: float = 0.9, sigma: float = 0.0) -> tuple[Calibration, list[np.ndarray]]:
     rng = np.random.default_rng(3)
     holdout = [30 + rng.normal(0, 1.5, 200), 31 + rng.normal(0, 1.0, 150)]
-    return calibrate(holdout, ["a.avi", "b.avi"], ErrorMeasure("motion", 8, 4), sigma, quantile), holdout
+    return calibrate(holdout, ["a.avi", "b.avi"], ErrorMeasure("motion", 8, 4), 8, sigma, quantile), holdout
 
 
 def test_centre_and_spread_are_median_and_mad() -> None:
@@ -25,6 +25,7 @@ def test_centre_and_spread_are_median_and_mad() -> None:
     assert cal.holdout_videos == ("a.avi", "b.avi")
     assert (cal.error, cal.patch, cal.top_k, cal.quantile) == ("motion", 8, 4, 0.9)
     assert cal.measure == ErrorMeasure("motion", 8, 4)
+    assert cal.stride == 8
 
 
 def test_calibrated_score_falls_as_psnr_rises() -> None:
@@ -54,14 +55,14 @@ def test_threshold_uses_the_smoothed_curves() -> None:
 
 
 def test_constant_holdout_has_a_floor_on_the_spread() -> None:
-    cal = calibrate([np.full(40, 25.0)], ["flat"], ErrorMeasure("frame", 0), 0.0, 0.99)
+    cal = calibrate([np.full(40, 25.0)], ["flat"], ErrorMeasure("frame", 0), 1, 0.0, 0.99)
     assert cal.psnr_scale == pytest.approx(1e-3)
     assert np.isfinite(cal.calibrated(np.array([20.0]))).all()
 
 
 def test_calibration_needs_held_out_footage() -> None:
     with pytest.raises(CallmError, match="held-out normal footage"):
-        calibrate([], [], ErrorMeasure(), 5.0, 0.99)
+        calibrate([], [], ErrorMeasure(), 8, 5.0, 0.99)
 
 
 def test_calibration_dict_round_trip_and_missing_fields() -> None:

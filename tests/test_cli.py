@@ -71,6 +71,7 @@ def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip
     assert data["windows_total"] == 4  # 64 frames tile into four 16-frame windows
     assert 1 <= data["windows_gated"] <= data["windows_total"]
     assert data["frame_size"] == [48, 64]
+    assert data["settings"]["stride"] == 8  # no --stride: the stride the weights were calibrated at
     assert data["events"], "the intruder raised no event"
     for event in data["events"]:
         assert set(event) >= {"start_frame", "end_frame", "start_s", "end_s", "peak_score", "box"}

@@ -36,6 +36,7 @@ class Calibration:
     patch: int  # ErrorMeasure.patch
     top_k: int  # ErrorMeasure.top_k
     smooth_sigma: float  # temporal smoothing of the PSNR curve, in frames
+    stride: int  # the scoring stride it was measured at: other strides shift the PSNR a little
     psnr_center: float  # median PSNR of held-out normal frames
     psnr_scale: float  # robust spread (1.4826 MAD) of the same
     threshold: float  # gate threshold on the calibrated score
@@ -71,6 +72,7 @@ def calibrate(
     holdout_psnr: Sequence[np.ndarray],
     holdout_names: Sequence[str],
     measure: ErrorMeasure,
+    stride: int,
     smooth_sigma: float,
     quantile: float,
 ) -> Calibration:
@@ -88,6 +90,7 @@ def calibrate(
         patch=measure.patch,
         top_k=measure.top_k,
         smooth_sigma=smooth_sigma,
+        stride=stride,
         psnr_center=center,
         psnr_scale=scale,
         threshold=float(np.quantile(scores, quantile)),

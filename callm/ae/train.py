@@ -270,7 +270,7 @@ def train_ae(
     held_psnr = [
         scorer.score_frames(iter(a), a.shape[1:], name).psnr for a, name in zip(held_arrays, held_names, strict=True)
     ]
-    calibration = calibrate(held_psnr, held_names, measure, scoring.smooth_sigma, scoring.quantile)
+    calibration = calibrate(held_psnr, held_names, measure, scoring.stride, scoring.smooth_sigma, scoring.quantile)
     weights = AEWeights(
         result.model,
         calibration=calibration.to_dict(),

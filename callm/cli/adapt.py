@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -24,6 +25,10 @@ from callm.cli.common import (
 )
 from callm.console import console, make_progress
 from callm.errors import CallmError
+
+if TYPE_CHECKING:
+    from callm.vlm.config import VLMConfig
+    from callm.vlm.finetune import LoopSettings
 
 PANEL = "Adapt stage 2 to a site (CALLM)"
 
@@ -138,9 +143,11 @@ def instruct(
 @app.command("finetune", rich_help_panel=PANEL)
 @user_errors
 def finetune_command(
-    instructions: Annotated[list[Path], typer.Argument(help="Instruction files written by callm instruct.")],
     vlm: VlmOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fine-tuned checkpoint and its config.")],
+    instructions: Annotated[
+        list[Path] | None, typer.Argument(help="Instruction files written by callm instruct (not with --adaptor).")
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimiser step.")] = 1,
@@ -156,15 +163,23 @@ def finetune_command(
         Path | None, typer.Option(help="General-purpose instruction file (e.g. VideoChat's) against forgetting.")
     ] = None,
     mix_ratio: Annotated[float, typer.Option(min=0, help="Items drawn from --mix per site item.")] = 0.5,
+    adaptor: Annotated[
+        bool, typer.Option("--adaptor", help="VAD-LLaMA phase 3: train the VADor's adaptor to the LLM instead.")
+    ] = False,
+    vador: Annotated[Path | None, typer.Option(help="--adaptor: the trained VADor (callm train-vador).")] = None,
+    features: Annotated[
+        list[Path] | None, typer.Option(help="--adaptor: features folders (callm features) it scores; repeatable.")
+    ] = None,
+    question: Annotated[str | None, typer.Option(help="--adaptor: the question its answers reply to.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     vlm_dtype: VlmDtypeOpt = None,
     vlm_device: VlmDeviceOpt = None,
 ) -> None:
-    """Fine-tune Video-LLaMA's llama_proj (the LLM and frame encoder frozen) on instruction files."""
-    from callm.vlm.explain import Explainer
-    from callm.vlm.finetune import CONFIG_FILE, VIDEO_LLAMA_FILE, FinetuneSettings, finetune, read_instructions
+    """Fine-tune Video-LLaMA's llama_proj (the LLM and frame encoder frozen) on instruction files; with --adaptor,
+    VAD-LLaMA's adaptor from the VADor's clips to the LLM on the VADor's own time-stamped answers."""
+    from callm.vlm.finetune import FinetuneSettings, LoopSettings
 
-    settings = FinetuneSettings(
+    loop = LoopSettings(
         epochs=epochs,
         batch_size=batch_size,
         grad_accum=grad_accum,
@@ -173,13 +188,29 @@ def finetune_command(
         weight_decay=weight_decay,
         save_every=save_every,
         seed=seed,
-        train_video_qformer=train_video_qformer,
-        mix_ratio=mix_ratio if mix else 0.0,
+    )
+    config = vlm_config(vlm, vlm_dtype, vlm_device, False)
+    if adaptor:
+        if instructions or mix or train_video_qformer:
+            raise CallmError("--adaptor trains on VADor scores: no instruction files, --mix or --train-video-qformer")
+        if vador is None or not features:
+            raise CallmError("--adaptor needs --vador VADOR_DIR and --features FEATURES_DIR")
+        _finetune_adaptor(vador, features, config, out, loop, question, resume)
+        return
+    if vador is not None or features or question is not None:
+        raise CallmError("--vador, --features and --question go with --adaptor")
+    if not instructions:
+        raise CallmError("give instruction files (callm instruct), or --adaptor with --vador and --features")
+    from callm.vlm.explain import Explainer
+    from callm.vlm.finetune import CONFIG_FILE, VIDEO_LLAMA_FILE, finetune, read_instructions
+
+    settings = FinetuneSettings(
+        **dataclasses.asdict(loop), train_video_qformer=train_video_qformer, mix_ratio=mix_ratio if mix else 0.0
     )
     site = [item for path in instructions for item in read_instructions(path)]
     general = read_instructions(mix) if mix else []
     quiet_transformers()
-    explainer = Explainer.from_config(vlm_config(vlm, vlm_dtype, vlm_device, False))
+    explainer = Explainer.from_config(config)
     with make_progress() as progress:
         result = finetune(explainer, site, out, settings, general, resume, progress)
     losses = result.losses
@@ -187,6 +218,34 @@ def finetune_command(
         f"saved {out / VIDEO_LLAMA_FILE}: {result.steps} steps on {result.site_examples} site + "
         f"{result.mix_examples} mixed examples, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
         f"use it with: callm detect VIDEO --explain --vlm {out / CONFIG_FILE}",
+        markup=False,
+    )
+
+
+def _finetune_adaptor(
+    vador: Path,
+    features: list[Path],
+    config: VLMConfig,
+    out: Path,
+    settings: LoopSettings,
+    question: str | None,
+    resume: bool,
+) -> None:
+    from callm.vador.adaptor import DEFAULT_QUESTION
+    from callm.vador.phase3 import finetune_adaptor
+    from callm.vador.weights import load
+
+    quiet_transformers()
+    with make_progress() as progress:
+        weights = finetune_adaptor(
+            load(vador), features, config, out, settings, question or DEFAULT_QUESTION, resume, progress
+        )
+    training, losses = weights.training, weights.training["losses"]
+    console.print(
+        f"saved {out}: adaptor trained {training['steps']} steps on {training['videos']} videos "
+        f"({training['answers_with_anomalies']} with anomalies by the VADor), loss {losses[0]:.4f} -> "
+        f"{losses[-1]:.4f}; use it with: callm detect VIDEO --explainer ltc --vador {vador} --adaptor {out} "
+        "--vlm CONFIG",
         markup=False,
     )
 

@@ -56,9 +56,12 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA w
 DtypeOpt = Annotated[str, typer.Option(help="Autocast precision: bf16 (AMX on recent CPUs), fp16, fp32.")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frame rate of frame folders (videos carry their own).")]
 StrideOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
-        help="Frames between windows; each window scores its middle STRIDE frames (1 = the paper).", min=1, max=16
+        help="Frames between windows; each window scores its middle STRIDE frames (1 = the paper). "
+        "Default: the stride the weights were calibrated at.",
+        min=1,
+        max=16,
     ),
 ]
 ThresholdOpt = Annotated[

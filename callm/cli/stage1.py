@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 def _recipe(
-    weights: Path | None, stride: int, threshold: float | None, min_event: int, max_gap: int, fps: float,
+    weights: Path | None, stride: int | None, threshold: float | None, min_event: int, max_gap: int, fps: float,
     device: str, dtype: str,
 ) -> Stage1Recipe:  # fmt: skip
     from callm.cascade import DetectOptions, Stage1Recipe
@@ -105,7 +105,9 @@ def _explain_config(path: Path | None, calls: str, dtype: str | None, device: st
         raise CallmError(f"--vlm-calls must be 'event' or 'window', got {calls!r}")
     env = os.environ.get("CALLM_VLM_CONFIG")
     if path is None and not env:
-        raise CallmError("--explain needs a stage-2 config: pass --vlm CONFIG.toml or set CALLM_VLM_CONFIG")
+        raise CallmError(
+            "--explain and --adaptor need a stage-2 config: pass --vlm CONFIG.toml or set CALLM_VLM_CONFIG"
+        )
     return vlm_config(path or Path(env or ""), dtype, device, load_8bit)
 
 
@@ -122,7 +124,7 @@ def detect(
     engine: Annotated[str, typer.Option(help="Batch scan: 'local' processes or a 'ray' cluster.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Batch scan: rescan files that failed before.")] = False,
-    stride: StrideOpt = 8,
+    stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
     min_event: Annotated[int, typer.Option(help="Drop events shorter than this many frames.")] = 5,
     max_gap: Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")] = 10,
@@ -135,6 +137,12 @@ def detect(
     ] = "vlm",
     vador: Annotated[
         Path | None, typer.Option(help="Trained VADor folder (callm train-vador) for --explainer ltc.")
+    ] = None,
+    adaptor: Annotated[
+        Path | None,
+        typer.Option(
+            help="--explainer ltc: the VADor's phase-3 adaptor (finetune --adaptor); the LLM of --vlm answers."
+        ),
     ] = None,
     vlm: Annotated[
         Path | None, typer.Option(help="Stage-2 config (TOML) naming its weights; default $CALLM_VLM_CONFIG.")
@@ -152,17 +160,22 @@ def detect(
     """
     from callm.report import detection_summary, events_table, write_json
 
-    if explain:
-        vlm_config = _explain_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
-    elif vlm is not None:
-        raise CallmError("--vlm is only used with --explain")
     if explainer not in ("vlm", "ltc"):
         raise CallmError(f"--explainer must be 'vlm' or 'ltc', got {explainer!r}")
     if (explainer == "ltc") != (vador is not None):
         raise CallmError("--explainer ltc and --vador VADOR_DIR go together")
+    if adaptor is not None and vador is None:
+        raise CallmError("--adaptor is for --explainer ltc")
+    stage2_config = None
+    if explain or adaptor is not None:
+        stage2_config = _explain_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
+    elif vlm is not None:
+        raise CallmError("--vlm is only used with --explain or --adaptor")
     recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
     stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
-    ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype) if vador is not None else None
+    ltc = None
+    if vador is not None:
+        ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype, adaptor, stage2_config)
     batch = out is not None or len(paths) > 1 or (paths[0].is_dir() and not is_frame_folder(paths[0]))
     if batch:
         if json_out is not None:
@@ -174,7 +187,7 @@ def detect(
             raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
         if engine not in ("local", "ray"):
             raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
-        stage2 = _stage2(vlm_config, vlm_calls, fps) if explain else None
+        stage2 = _stage2(stage2_config, vlm_calls, fps) if explain else None
         _scan(paths, out, recipe, engine, workers, address, retry_errors, stage2)
         return
     path = paths[0]
@@ -183,7 +196,7 @@ def detect(
         detection = stage1.detect(path, bar)
         bar.close()
         if explain:
-            _stage2(vlm_config, vlm_calls, fps).explain(detection, progress)
+            _stage2(stage2_config, vlm_calls, fps).explain(detection, progress)
         if ltc is not None:
             from callm.cascade import explain_with_ltc
 
@@ -195,15 +208,22 @@ def detect(
         write_json(json_out, detection.to_dict())
 
 
-def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str) -> Any:
+def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str, adaptor: Path | None, config: Any) -> Any:
+    """The VADor path: its encoder (from stage 1's weights, or the stage-2 ``config`` for videollama features), and
+    with ``adaptor`` the LLM ``config`` names to answer."""
     from callm.device import parse_dtype, pick_device
     from callm.vador.features import encoder_for
     from callm.vador.online import VADorDetector
     from callm.vador.weights import load as load_vador
 
     weights = load_vador(vador)
-    encoder = encoder_for(weights.features, pick_device(device), parse_dtype(dtype), ae_weights=ae_weights)
-    return VADorDetector(encoder, weights)
+    encoder = encoder_for(weights.features, pick_device(device), parse_dtype(dtype), ae_weights=ae_weights, vlm=config)
+    if adaptor is None:
+        return VADorDetector(encoder, weights)
+    from callm.vador.adaptor import AdaptorLLM
+
+    quiet_transformers()
+    return VADorDetector(encoder, weights, answerer=AdaptorLLM.load(adaptor, weights, config))
 
 
 def _stage2(config: Any, calls: str, fps: float) -> Stage2:
@@ -252,7 +272,7 @@ def eval_command(
     labels: Annotated[Path | None, typer.Option(help="UCSD .m ground truth or .npy of frame labels.")] = None,
     weights: WeightsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
-    stride: StrideOpt = 8,
+    stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",

@@ -56,7 +56,7 @@ from callm.device import parse_dtype, pick_device
 from callm.errors import CallmError
 from callm.files import write_atomic
 from callm.vlm.config import HUB_ID, WEIGHT_SUFFIXES, VLMConfig
-from callm.vlm.model import FrameEncoder, VideoLLM, VideoQFormer
+from callm.vlm.model import FrameEncoder, LanguageModel, VideoLLM, VideoQFormer
 from callm.vlm.prompt import TEMPLATES
 
 VISION = "vision encoder"
@@ -725,6 +725,14 @@ def check_llm(source: str) -> int:
         ]
         raise CallmError(f"{LLM} ({source}) does not match its config: {'; '.join(problems)}")
     return sum(p.numel() for p in llm.parameters())
+
+
+def load_language_model(config: VLMConfig) -> tuple[LanguageModel, LoadReport]:
+    """The LLM a config names with its tokenizer and template, without the video branch (VAD-LLaMA's adaptor
+    feeds it clip tokens of its own)."""
+    device, dtype = pick_device(config.device), parse_dtype(config.dtype)
+    llm, tokenizer, report = load_llm(config.llm, dtype, device, config.load_in_8bit)
+    return LanguageModel(llm, tokenizer, TEMPLATES[config.template]).eval(), report
 
 
 def load_video_llm(config: VLMConfig) -> tuple[VideoLLM, list[LoadReport]]:

@@ -40,6 +40,16 @@ def parse_verdict(text: str) -> tuple[Verdict, bool]:
     return ("anomaly" if match[1].lower() == "yes" else "normal"), True
 
 
+def generation_options(config: VLMConfig) -> GenerationOptions:
+    return GenerationOptions(
+        max_new_tokens=config.max_new_tokens,
+        sample=config.sample,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+    )
+
+
 class Explainer:
     """Asks the video LLM whether a gated clip shows an anomaly, and what it is.
 
@@ -57,13 +67,7 @@ class Explainer:
         self.config = config
         self.reports = list(reports)
         self.preprocess = FramePreprocessor(model.frame_encoder.image_size)
-        self.generation = GenerationOptions(
-            max_new_tokens=config.max_new_tokens,
-            sample=config.sample,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=config.seed,
-        )
+        self.generation = generation_options(config)
 
     @classmethod
     def from_config(cls, config: VLMConfig | str | Path) -> Explainer:

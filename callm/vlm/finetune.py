@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,9 @@ MAX_ANSWER_TOKENS = 256
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class LoopSettings:
+    """The optimiser and schedule every fine-tuning run shares (``train_steps``)."""
+
     epochs: int = 3
     batch_size: int = 4
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -62,21 +64,29 @@ class FinetuneSettings:
     weight_decay: float = 0.05  # Video-LLaMA's
     save_every: int = 100  # optimiser steps between checkpoints
     seed: int = 0
-    train_video_qformer: bool = False  # also the frame positions, video Q-Former and its query tokens
-    mix_ratio: float = 0.0  # general-purpose items drawn per site item
 
     def __post_init__(self) -> None:
-        checks = [
+        for ok, message in self.checks():
+            if not ok:
+                raise CallmError(message)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch size and gradient accumulation must be >= 1"),
             (self.lr > 0, "the learning rate must be above 0"),
             (0 <= self.warmup < 1, "warm-up must be a share of the steps in [0, 1)"),
             (self.save_every >= 1, "save-every must be at least 1"),
-            (self.mix_ratio >= 0, "the mix ratio must be 0 or more"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise CallmError(message)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(LoopSettings):
+    train_video_qformer: bool = False  # also the frame positions, video Q-Former and its query tokens
+    mix_ratio: float = 0.0  # general-purpose items drawn per site item
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [*super().checks(), (self.mix_ratio >= 0, "the mix ratio must be 0 or more")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ def select_trainable(model: VideoLLM, video_qformer: bool) -> dict[str, torch.nn
     return {prefix + name: parameter for name, parameter in branch.named_parameters()}
 
 
-def learning_rate(settings: FinetuneSettings, step: int, total: int) -> float:
+def learning_rate(settings: LoopSettings, step: int, total: int) -> float:
     """Linear warm-up over the first ``warmup`` share of the steps, then a cosine decay to zero."""
     warmup = round(settings.warmup * total)
     if step < warmup:
@@ -227,7 +237,7 @@ def learning_rate(settings: FinetuneSettings, step: int, total: int) -> float:
     return settings.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def step_batches(settings: FinetuneSettings, num_examples: int, step: int, steps_per_epoch: int) -> list[list[int]]:
+def step_batches(settings: LoopSettings, num_examples: int, step: int, steps_per_epoch: int) -> list[list[int]]:
     """The micro-batches (example numbers) of one optimiser step: a fixed function of the seed and the step, so a
     resumed run sees exactly the batches an unbroken one would have."""
     epoch, position = divmod(step, steps_per_epoch)
@@ -250,6 +260,78 @@ def fingerprint(instructions: Sequence[Instruction]) -> str:
     """Names the training data, so --resume refuses a checkpoint trained on other data."""
     text = json.dumps([[str(i.video), i.question, i.answer, i.window, i.fps, i.box] for i in instructions])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class LoopResult:
+    losses: list[float]  # mean answer-token loss of each optimiser step
+    steps: int
+    seconds: float
+
+
+def check_resume(checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume without a checkpoint, or from one of other data or settings; before any slow preparation."""
+    if not has_checkpoint(checkpoint):
+        raise CallmError(f"{checkpoint}: no checkpoint to resume from")
+    if read_state(checkpoint)["meta"] != meta:
+        raise CallmError(f"{checkpoint}: was trained with other data or settings; rerun without --resume or as before")
+
+
+def train_steps(
+    module: torch.nn.Module,
+    batch_loss: Callable[[list[int]], torch.Tensor],
+    num_examples: int,
+    settings: LoopSettings,
+    checkpoint: Path,
+    meta: dict[str, Any],
+    dtype: torch.dtype,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> LoopResult:
+    """The fine-tuning loop: AdamW on ``module``'s parameters that require gradients, warm-up then cosine, seeded
+    batches of example numbers, gradient accumulation, autocast in ``dtype``, and ``module`` with the optimiser
+    checkpointed every ``save_every`` steps (``meta`` names the run, so ``check_resume`` refuses another's).
+
+    ``batch_loss(example numbers)`` is the mean answer-token loss of one micro-batch; what the examples are, and
+    which modes (train / eval) the models are in, is the caller's.
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    device = trainable[0].device
+    # fp16 gradients through a frozen fp16 LLM underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    steps_per_epoch = math.ceil(num_examples / (settings.batch_size * settings.grad_accum))
+    total = settings.epochs * steps_per_epoch
+    start, losses, seconds = 0, [], 0.0
+    if resume:
+        state = load_checkpoint(checkpoint, module, optimizer)
+        start, losses, seconds = state["step"], state["losses"], state["seconds"]
+    task = progress.add_task("fine-tuning", total=total, completed=start) if progress else None
+    began = time.perf_counter() - seconds
+    for step in range(start, total):
+        lr = learning_rate(settings, step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = step_batches(settings, num_examples, step, steps_per_epoch)
+        step_size = sum(len(b) for b in batches)
+        torch.manual_seed(settings.seed * 1_000_003 + step)  # dropout, so a resumed run repeats an unbroken one
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for batch in batches:
+            with autocast(device, dtype):
+                loss = batch_loss(batch)
+            share = len(batch) / step_size  # micro-batches weigh by their size when accumulated
+            scaler.scale(loss * share).backward()
+            step_loss += loss.item() * share
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(step_loss)
+        if (step + 1) % settings.save_every == 0 or step + 1 == total:
+            state = {"step": step + 1, "losses": losses, "seconds": time.perf_counter() - began, "meta": meta}
+            save_checkpoint(checkpoint, module, optimizer, state)
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, info=f"loss {step_loss:.4f}  lr {lr:.2e}")
+    return LoopResult(losses, total, time.perf_counter() - began)
 
 
 @dataclass
@@ -282,57 +364,25 @@ def finetune(
         "llm": explainer.config.llm,
     }
     checkpoint = out / CHECKPOINT_DIR
-    if resume and not has_checkpoint(checkpoint):
-        raise CallmError(f"{checkpoint}: no checkpoint to resume from")
-    if resume and read_state(checkpoint)["meta"] != meta:
-        raise CallmError(f"{checkpoint}: was trained with other data or settings; rerun without --resume or as before")
+    if resume:
+        check_resume(checkpoint, meta)
     trainable = select_trainable(model, settings.train_video_qformer)
     examples = encode_examples(explainer, instructions, progress)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=settings.lr, weight_decay=settings.weight_decay)
-    device = model.video_qformer.llama_proj.weight.device
-    dtype = parse_dtype(explainer.config.dtype)
-    # fp16 gradients through a frozen fp16 LLM underflow without loss scaling; bf16 and fp32 need none.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    steps_per_epoch = math.ceil(len(examples) / (settings.batch_size * settings.grad_accum))
-    total = settings.epochs * steps_per_epoch
-    start, losses, seconds = 0, [], 0.0
-    if resume:
-        state = load_checkpoint(checkpoint, model.video_qformer, optimizer)
-        start, losses, seconds = state["step"], state["losses"], state["seconds"]
+
+    def batch_loss(batch: list[int]) -> torch.Tensor:
+        chosen = [examples[i] for i in batch]
+        return model.loss(
+            [model.teacher_forcing(e.prompt, e.answer_ids, model.video_tokens(e.frame_tokens)) for e in chosen]
+        )
+
     model.eval()  # frozen parts keep their dropout off; a trained video Q-Former gets its own back
     model.video_qformer.train(settings.train_video_qformer)
-    task = progress.add_task("fine-tuning", total=total, completed=start) if progress else None
-    began = time.perf_counter() - seconds
-    for step in range(start, total):
-        lr = learning_rate(settings, step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batches = step_batches(settings, len(examples), step, steps_per_epoch)
-        step_size = sum(len(b) for b in batches)
-        torch.manual_seed(settings.seed * 1_000_003 + step)  # dropout, so a resumed run repeats an unbroken one
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for batch in batches:
-            with autocast(device, dtype):
-                loss = model.loss(
-                    [
-                        model.teacher_forcing(e.prompt, e.answer_ids, model.video_tokens(e.frame_tokens))
-                        for e in (examples[i] for i in batch)
-                    ]
-                )
-            share = len(batch) / step_size  # micro-batches weigh by their size when accumulated
-            scaler.scale(loss * share).backward()
-            step_loss += loss.item() * share
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(step_loss)
-        if (step + 1) % settings.save_every == 0 or step + 1 == total:
-            state = {"step": step + 1, "losses": losses, "seconds": time.perf_counter() - began, "meta": meta}
-            save_checkpoint(checkpoint, model.video_qformer, optimizer, state)
-        if progress is not None and task is not None:
-            progress.update(task, advance=1, info=f"loss {step_loss:.4f}  lr {lr:.2e}")
+    dtype = parse_dtype(explainer.config.dtype)
+    loop = train_steps(
+        model.video_qformer, batch_loss, len(examples), settings, checkpoint, meta, dtype, resume, progress
+    )
     model.eval()
-    result = FinetuneResult(losses, total, len(site), len(mix), trainable, time.perf_counter() - began)
+    result = FinetuneResult(loop.losses, loop.steps, len(site), len(mix), trainable, loop.seconds)
     write_outputs(explainer, out, result, settings)
     return result
 

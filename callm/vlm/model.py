@@ -157,34 +157,19 @@ def _partial_stop(text: str, stop: str) -> int:
     return next((n for n in range(len(stop) - 1, 0, -1) if text.endswith(stop[:n])), 0)
 
 
-class VideoLLM(nn.Module):
-    """The whole explainer: frames -> video tokens spliced into the prompt at the placeholder -> LLM answer."""
+class LanguageModel(nn.Module):
+    """The LLM with its tokenizer and prompt template: prompts with tokens spliced in at the placeholder -> answers,
+    and the training loss of an answer.
 
-    def __init__(
-        self,
-        frame_encoder: FrameEncoder,
-        video_qformer: VideoQFormer,
-        llm: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        template: Template,
-    ) -> None:
+    What the spliced tokens are is the caller's: Video-LLaMA's video tokens (``VideoLLM``), or VAD-LLaMA's one
+    token per clip from the phase-3 adaptor (``callm.vador.adaptor``).
+    """
+
+    def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template) -> None:
         super().__init__()
-        self.frame_encoder = frame_encoder
-        self.video_qformer = video_qformer
         self.llm = llm
         self.tokenizer = tokenizer
         self.template = template
-
-    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(frames, 3, S, S) pixels of one clip -> (1, video queries, LLM width) in the LLM's embedding dtype."""
-        device = self.video_qformer.llama_proj.weight.device
-        return self.video_tokens(self.frame_encoder(pixel_values.to(device)))
-
-    def video_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
-        """(frames, queries, width) frame-encoder output of one clip -> (1, video queries, LLM width)."""
-        device = self.video_qformer.llama_proj.weight.device
-        video_tokens = self.video_qformer(frame_tokens.to(device).float().unsqueeze(0))
-        return video_tokens.to(self.llm.get_input_embeddings().weight.dtype)
 
     def tokenize_prompt(self, prompt: str) -> PromptTokens:
         """The token ids around the placeholder: BOS on the first piece only, as Video-LLaMA's demo sends them."""
@@ -248,10 +233,6 @@ class VideoLLM(nn.Module):
         return int(self.llm.config.max_position_embeddings)
 
     @torch.no_grad()
-    def answer(self, pixel_values: torch.Tensor, prompt: str, options: GenerationOptions) -> str:
-        return self.reply(self.embed_prompt(prompt, self.encode_video(pixel_values)), options)
-
-    @torch.no_grad()
     def reply(
         self, inputs_embeds: torch.Tensor, options: GenerationOptions, on_text: Callable[[str], None] | None = None
     ) -> str:
@@ -279,3 +260,34 @@ class VideoLLM(nn.Module):
             )
         # Given only embeddings, generate returns only the new tokens.
         return self.template.clean(self.tokenizer.decode(output[0], skip_special_tokens=True))
+
+
+class VideoLLM(LanguageModel):
+    """The whole explainer: frames -> video tokens spliced into the prompt at the placeholder -> LLM answer."""
+
+    def __init__(
+        self,
+        frame_encoder: FrameEncoder,
+        video_qformer: VideoQFormer,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        template: Template,
+    ) -> None:
+        super().__init__(llm, tokenizer, template)
+        self.frame_encoder = frame_encoder
+        self.video_qformer = video_qformer
+
+    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(frames, 3, S, S) pixels of one clip -> (1, video queries, LLM width) in the LLM's embedding dtype."""
+        device = self.video_qformer.llama_proj.weight.device
+        return self.video_tokens(self.frame_encoder(pixel_values.to(device)))
+
+    def video_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """(frames, queries, width) frame-encoder output of one clip -> (1, video queries, LLM width)."""
+        device = self.video_qformer.llama_proj.weight.device
+        video_tokens = self.video_qformer(frame_tokens.to(device).float().unsqueeze(0))
+        return video_tokens.to(self.llm.get_input_embeddings().weight.dtype)
+
+    @torch.no_grad()
+    def answer(self, pixel_values: torch.Tensor, prompt: str, options: GenerationOptions) -> str:
+        return self.reply(self.embed_prompt(prompt, self.encode_video(pixel_values)), options)

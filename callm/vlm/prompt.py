@@ -86,8 +86,20 @@ def video_message(timestamps: Sequence[float], question: str, content: str = PLA
 
     ``content`` replaces the placeholder where the clip's tokens are no longer sent (a chat's earlier clips).
     """
-    seconds = ", ".join(str(round(t, 1)) for t in timestamps)
     return (
-        f"<Video>{content}</Video> The video contains {len(timestamps)} frames sampled at {seconds} seconds.  "
-        f"{question}"
+        f"<Video>{content}</Video> The video contains {len(timestamps)} frames sampled at {_seconds(timestamps)} "
+        f"seconds.  {question}"
     )
+
+
+def clip_message(clip_starts: Sequence[float], question: str) -> str:
+    """The user turn for VAD-LLaMA's clip tokens (one per 16-frame clip, ``callm.vador.adaptor``): the placeholder
+    they replace, when each clip starts, the question. Video-LLaMA's layout, with clips where it has frames."""
+    return (
+        f"<Video>{PLACEHOLDER}</Video> The video contains {len(clip_starts)} clips starting at "
+        f"{_seconds(clip_starts)} seconds.  {question}"
+    )
+
+
+def _seconds(times: Sequence[float]) -> str:
+    return ", ".join(str(round(t, 1)) for t in times)

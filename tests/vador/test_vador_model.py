@@ -153,6 +153,28 @@ def test_online_scores_equal_the_batched_scores(attention: str) -> None:
 
 
 @torch.no_grad()
+def test_online_steps_give_each_clips_x_and_causal_x_tilde_with_unchanged_scores() -> None:
+    model = ltc_model()
+    features = clip_features(8, seed=4)
+    scorer = OnlineScorer(model)
+    steps = [scorer.step(f) for f in features]
+    scorer.reset()
+    assert [s.score for s in steps] == [scorer.score(f) for f in features]  # score() is step().score
+    for step, row in zip(steps, features, strict=True):
+        assert torch.equal(step.features, model.standardise(row))
+        assert step.score == pytest.approx(torch.softmax(model.predictor(step.enriched), -1)[1].item())
+        assert torch.equal(step.pair, torch.cat([step.features, step.enriched]))
+    assert not torch.allclose(steps[5].enriched, steps[5].features)
+    # x~ of a clip is built from earlier clips only: a different future leaves it as it was.
+    changed = torch.cat([features[:5], clip_features(3, seed=9)])
+    scorer.reset()
+    again = [scorer.step(f) for f in changed]
+    assert all(torch.equal(a.enriched, b.enriched) for a, b in zip(steps[:5], again[:5], strict=True))
+    baseline = OnlineScorer(ltc_model(lists=())).step(features[0])
+    assert torch.equal(baseline.enriched, baseline.features)  # without lists x~ is x
+
+
+@torch.no_grad()
 def test_padding_does_not_change_a_videos_scores() -> None:
     model = ltc_model()
     features = clip_features(5)
