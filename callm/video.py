@@ -185,6 +185,18 @@ def iter_windows(
     yield Window(final_start, np.stack(buffer), True)
 
 
+def batched_windows(windows: Iterable[Window], size: int) -> Iterator[list[Window]]:
+    """Consecutive lists of ``size`` windows (the last may be shorter): one model batch each."""
+    batch: list[Window] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def find_videos(paths: Sequence[str | Path]) -> list[Path]:
     """Expand user paths into videos: files as given (whatever their name, so a broken one is reported rather
     than skipped), frame folders, and both found under folders, recursively."""

@@ -60,6 +60,22 @@ def test_train_ae_saves_calibrated_weights(trained) -> None:
     assert (out / TENSORS_FILE).is_file()
 
 
+def test_recalibrating_at_another_stride_sets_detects_default(
+    runner: CliRunner, trained, train_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    # A finished run resumed is only calibrated again: here at stride 4, which detect then uses unless told.
+    out = tmp_path / "weights"
+    shutil.copytree(trained[0], out)
+    settings = ["--epochs", "3", "--size", "32", "--widths", "4,8", "--crop", "0", "--device", "cpu", "--dtype", "fp32"]
+    args = ["train-ae", str(train_dir), "--out", str(out), *settings, "--resume", "--stride", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    before, after = (json.loads((d / META_FILE).read_text())["calibration"] for d in (trained[0], out))
+    assert (before["stride"], after["stride"]) == (8, 4) and after["psnr_center"] != before["psnr_center"]
+    data = detect_json(runner, clip_dir / "normal.avi", out, tmp_path / "n.json")
+    assert data["settings"]["stride"] == 4 and data["threshold"] == pytest.approx(after["threshold"])
+
+
 def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip_dir: Path) -> None:
     data = detections["intruder"]
     assert {"video", "fps", "num_frames", "threshold", "scores", "events", "windows_total", "windows_gated"} <= set(

@@ -122,7 +122,7 @@ def test_tensor_shapes_not_matching_config(saved) -> None:
 def test_tensor_names_not_matching_config(saved) -> None:
     folder, _ = saved
     edit_config(folder, widths=[4, 8, 8])
-    with pytest.raises(CallmError, match=r"tensors do not match the config \(missing \['decoder"):
+    with pytest.raises(CallmError, match=r"tensors do not match the config in ae.json \(missing \['decoder"):
         load(folder)
 
 

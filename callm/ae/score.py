@@ -8,7 +8,7 @@ Frames before the first centre and after the last one take the nearest window's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from callm.ae.model import ConvAutoencoder3d
 from callm.device import autocast
 from callm.errors import CallmError
-from callm.video import WINDOW, Video, Window, iter_windows
+from callm.video import WINDOW, Video, Window, batched_windows, iter_windows
 
 CENTRE = 8  # the 9th frame of a 16-frame window is the one the paper scores
 
@@ -171,7 +171,7 @@ class FrameScorer:
         distance: dict[int, int] = {}
         windows = n = 0
         windows_iter = iter_windows(frames, step=self.stride, source=source)
-        for batch in _batched(windows_iter, self.batch_size):
+        for batch in batched_windows(windows_iter, self.batch_size):
             errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
             for window, error in zip(batch, errors, strict=True):
                 windows += 1
@@ -209,14 +209,3 @@ class FrameScorer:
             psnr[frame] = float(value)
             boxes[frame] = error_box(error[o].numpy(), frame_size, blur)
             distance[frame] = abs(o - CENTRE)
-
-
-def _batched(items: Iterable[Window], size: int) -> Iterator[list[Window]]:
-    batch: list[Window] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

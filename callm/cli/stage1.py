@@ -59,6 +59,15 @@ def train_ae_command(
     holdout: Annotated[float, typer.Option(help="Share of videos held out to calibrate the gate.")] = 0.15,
     quantile: Annotated[float, typer.Option(help="Share of held-out normal frames below the threshold.")] = 0.99,
     smooth: Annotated[float, typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames).")] = 7.0,
+    calibration_stride: Annotated[
+        int,
+        typer.Option(
+            "--stride",
+            help="Scoring stride the gate is calibrated at; detect uses it by default (1 = the paper).",
+            min=1,
+            max=16,
+        ),
+    ] = 8,
     resume: Annotated[
         bool, typer.Option(help="Continue from OUT/checkpoint (a finished run is only calibrated again).")
     ] = False,
@@ -77,7 +86,7 @@ def train_ae_command(
         raise CallmError(f"--widths must be comma-separated integers, got {widths!r}") from None
     config = AEConfig(height=size, width=size, widths=width_list)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop)
-    scoring = ScoringSettings(quantile=quantile, smooth_sigma=smooth)
+    scoring = ScoringSettings(quantile=quantile, smooth_sigma=smooth, stride=calibration_stride)
     with make_progress() as progress:
         weights = train_ae(
             data,

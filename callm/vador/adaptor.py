@@ -19,30 +19,26 @@ was trained with: both are checked before the LLM is loaded.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from callm.errors import CallmError
-from callm.files import write_atomic, write_json_atomic
 from callm.vador.weights import VADorWeights
 from callm.vlm.checkpoints import llm_hidden_size, load_language_model
 from callm.vlm.config import VLMConfig
 from callm.vlm.explain import generation_options
 from callm.vlm.model import GenerationOptions, LanguageModel, PromptTokens
 from callm.vlm.prompt import VIDEO_SYSTEM, clip_message
+from callm.weights_folder import WeightsFolder
 
-KIND = "callm-vador-adaptor"
-FORMAT_VERSION = 1
-TENSORS_FILE = "adaptor.safetensors"
-META_FILE = "adaptor.json"
+FOLDER = WeightsFolder(
+    "callm-vador-adaptor", "a VADor adaptor", "adaptor.safetensors", "adaptor.json", "callm finetune --adaptor"
+)
 DEFAULT_QUESTION = "Are there any anomalies in this video? If so, when?"
 
 
@@ -112,13 +108,7 @@ class AdaptorWeights:
 
 
 def save_adaptor(weights: AdaptorWeights, folder: str | Path) -> None:
-    """Tensors first, then the metadata: a reader never sees metadata without its tensors."""
-    folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in weights.model.state_dict().items()}
-    write_atomic(folder / TENSORS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"kind": KIND}))
     meta = {
-        "kind": KIND,
-        "format_version": FORMAT_VERSION,
         "config": asdict(weights.model.config),
         "vador": weights.vador,
         "features": weights.features,
@@ -126,41 +116,19 @@ def save_adaptor(weights: AdaptorWeights, folder: str | Path) -> None:
         "llm": weights.llm,
         "training": weights.training,
     }
-    write_json_atomic(folder / META_FILE, meta)
+    FOLDER.save(weights.model, folder, meta)
 
 
 def load_adaptor(path: str | Path) -> AdaptorWeights:
     """An adaptor folder (or either file in it); one-line errors for another kind of file or damaged tensors."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    tensors_path, meta_path = folder / TENSORS_FILE, folder / META_FILE
-    if not tensors_path.is_file() or not meta_path.is_file():
-        raise CallmError(
-            f"{path}: not a VADor adaptor (expected {TENSORS_FILE} and {META_FILE}; see finetune --adaptor)"
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CallmError(f"{meta_path}: damaged adaptor metadata ({exc.__class__.__name__})") from None
-    kind = meta.get("kind") if isinstance(meta, dict) else None
-    if kind != KIND:
-        raise CallmError(f"{meta_path}: not a VADor adaptor (kind is {kind!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CallmError(f"{meta_path}: adaptor format {meta.get('format_version')}, this callm reads {FORMAT_VERSION}")
+    tensors, meta = FOLDER.read_meta(path)
     try:
         model = Adaptor(AdaptorConfig(**meta["config"]))
         prompt = AdaptorPrompt(**meta["prompt"])
         vador, features, llm = str(meta["vador"]), dict(meta["features"]), str(meta["llm"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CallmError(f"{meta_path}: damaged adaptor metadata ({exc.__class__.__name__}: {exc})") from None
-    try:
-        state = load_file(str(tensors_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CallmError(f"{tensors_path}: corrupt or not a safetensors file ({exc})") from None
-    expected = model.state_dict()
-    if set(state) != set(expected) or any(v.shape != expected[k].shape for k, v in state.items()):
-        raise CallmError(f"{tensors_path}: tensors do not match the adaptor config in {META_FILE}")
-    model.load_state_dict(state)
+        raise CallmError(f"{path}: damaged adaptor metadata ({exc.__class__.__name__}: {exc})") from None
+    FOLDER.load_tensors(model, tensors)
     return AdaptorWeights(model.eval(), vador, features, prompt, llm, meta.get("training", {}))
 
 

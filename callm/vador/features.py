@@ -21,10 +21,10 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from callm.ae.score import to_model_range
 from callm.device import autocast
 from callm.errors import CallmError
 from callm.files import write_atomic, write_json_atomic
-from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, find_videos, iter_windows
+from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, batched_windows, find_videos, iter_windows
 
 if TYPE_CHECKING:  # stage 2 is imported only when its encoder is asked for
     from callm.vlm.config import VLMConfig
@@ -48,20 +48,6 @@ Pooling = Literal["avgmax", "avg", "max"]
 POOLINGS: tuple[Pooling, ...] = ("avgmax", "avg", "max")
 TokenMode = Literal["mean", "all"]
 TOKEN_MODES: tuple[TokenMode, ...] = ("mean", "all")
-
-T = TypeVar("T")
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of ``size`` items (the last may be shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def file_sha1(path: Path) -> str:
@@ -335,7 +321,7 @@ def iter_clip_features(
 ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
     """Each clip's [start, end) frames and features (dim,), in order, as soon as its batch is encoded."""
     windows = iter_windows(video.frames(encoder.frame_size, rgb=encoder.rgb), step=WINDOW, source=str(video.path))
-    for batch in batched(windows, batch_size):
+    for batch in batched_windows(windows, batch_size):
         features = encoder.encode(np.stack([w.frames for w in batch]))
         for window, row in zip(batch, features, strict=True):
             yield (window.start, window.start + WINDOW), row

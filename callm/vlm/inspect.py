@@ -154,17 +154,6 @@ def _info(path: Path, kind: str, check: Check, parameters: int | None = None) ->
     return WeightsInfo(str(path), kind, DESCRIPTIONS[kind], counted or parameters, True, detail)
 
 
-def _is_callm_ae(path: Path) -> bool:
-    folder = path if path.is_dir() else path.parent
-    meta = folder / ae_weights.META_FILE
-    if not meta.is_file() or (path.is_file() and path.name not in (ae_weights.META_FILE, ae_weights.TENSORS_FILE)):
-        return False
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("kind") == ae_weights.KIND
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
-
-
 def _unknown(path: Path, detail: str, parameters: int | None = None) -> WeightsInfo:
     return WeightsInfo(str(path), "unknown", DESCRIPTIONS["unknown"], parameters, False, detail)
 
@@ -187,7 +176,7 @@ def inspect_weights(path: str | Path, config: VLMConfig | None = None) -> Weight
     path = Path(path)
     if not path.exists():
         raise CallmError(f"{path}: not found")
-    if _is_callm_ae(path):
+    if ae_weights.FOLDER.claims(path):
         return _info(path, "callm-ae", _check_ae(path))
     if path.is_dir():
         return _inspect_folder(path)
