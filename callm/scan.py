@@ -35,16 +35,17 @@ from callm.files import append_jsonl, read_jsonl, write_atomic, write_json_atomi
 from callm.video import Video, find_videos
 
 if TYPE_CHECKING:
-    from callm.cascade import Detection, Stage1, Stage1Recipe, Stage2
+    from callm.cascade import Detection, Stage1, Stage1Recipe
 
 Engine = Literal["local", "ray"]
+ExplainStep = Callable[["Detection"], None]  # adds its findings to a stage-1 detection
 SUMMARY = "summary.jsonl"
 SUMMARY_CSV = "summary.csv"
 VIDEOS_DIR = "videos"
 THUMBS_DIR = "thumbs"
 CSV_FIELDS = (
     "path", "status", "error", "duration_s", "num_frames", "fps", "events", "anomalies", "peak_score",
-    "threshold", "windows_gated", "windows_total", "seconds", "json",
+    "threshold", "windows_gated", "windows_total", "ltc_events", "seconds", "json",
 )  # fmt: skip
 THUMB_WIDTH = 320
 BOX_BGR = (0, 0, 255)  # red
@@ -165,6 +166,8 @@ class RunFolder:
                 windows_gated=len(detection.gated_starts),
                 windows_total=len(detection.window_starts),
             )
+            if detection.ltc is not None:
+                record["ltc_events"] = len(detection.ltc.events)
         if result.key in self.records:  # a retried error: replace its line rather than add a second one
             self.records[result.key] = record
             write_text_atomic(self.summary_path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
@@ -297,10 +300,13 @@ def scan(
     workers: int = 1,
     address: str | None = None,
     retry_errors: bool = False,
-    stage2: Stage2 | None = None,
+    explainers: Sequence[ExplainStep] = (),
     progress: ScanProgress | None = None,
 ) -> ScanSummary:
-    """Scan every video under ``paths`` into ``run_dir``; Ctrl-C stops after saving what is done."""
+    """Scan every video under ``paths`` into ``run_dir``; Ctrl-C stops after saving what is done.
+
+    ``explainers`` (stage 2, the VADor path) run here, in the driver, on each video stage 1 scored: they hold
+    large models that should be loaded once, not once per worker."""
     began = time.perf_counter()
     videos = find_videos(paths)
     folder = RunFolder(run_dir)
@@ -319,9 +325,7 @@ def scan(
     scanned, interrupted = 0, False
     try:
         for result in results:
-            if stage2 is not None and result.detection is not None:
-                stage2.explain(result.detection)
-            record = folder.save(result)
+            record = folder.save(_explained(result, explainers))
             scanned += 1
             if progress is not None:
                 progress.video_done(record)
@@ -343,6 +347,18 @@ def scan(
         interrupted=interrupted,
         failures=[(r["path"], r["error"]) for r in records if r["status"] == "error"],
     )
+
+
+def _explained(result: VideoResult, explainers: Sequence[ExplainStep]) -> VideoResult:
+    """The result with every explainer's findings added; a video an explainer cannot read becomes an error."""
+    if result.detection is None:
+        return result
+    try:
+        for explain in explainers:
+            explain(result.detection)
+    except CallmError as exc:
+        return VideoResult(result.path, result.key, error=str(exc), seconds=result.seconds)
+    return result
 
 
 def _safe_key(path: Path) -> str:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from synthetic import make_frames, write_frame_folder, write_video
 
-from callm.cascade import Stage1
+from callm.cascade import Detection, DetectOptions, Stage1, Stage1Recipe
 from callm.cli import app
-from callm.scan import SUMMARY, VIDEOS_DIR
+from callm.errors import CallmError
+from callm.scan import SUMMARY, VIDEOS_DIR, scan
 
 SCAN_ARGS = ["--device", "cpu", "--dtype", "fp32"]
 
@@ -111,6 +112,26 @@ def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Pa
     assert runner.invoke(app, args).exit_code == 0
     assert detect_calls == ["b.avi"]
     assert by_name(summary_lines(run))["b.avi"]["num_frames"] == 40
+
+
+def test_a_video_an_explainer_cannot_handle_is_recorded_and_the_scan_goes_on(weights_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_video(folder / "a.avi", make_frames(32, seed=1))
+    write_video(folder / "b.avi", make_frames(32, seed=2))
+    seen: list[str] = []
+
+    def explain(detection: Detection) -> None:
+        seen.append(Path(detection.video).name)
+        if detection.video.endswith("a.avi"):
+            raise CallmError(f"{detection.video}: the explainer cannot read it")
+        detection.settings["explained"] = True
+
+    recipe = Stage1Recipe(str(weights_dir), DetectOptions(), "cpu", "fp32")
+    summary = scan([folder], tmp_path / "run", recipe, explainers=[explain])
+    assert seen == ["a.avi", "b.avi"] and summary.failed == 1 and summary.failures[0][1].endswith("cannot read it")
+    records = by_name(summary_lines(tmp_path / "run"))
+    assert records["a.avi"]["status"] == "error" and records["b.avi"]["status"] == "ok"
+    assert json.loads((tmp_path / "run" / records["b.avi"]["json"]).read_text())["settings"]["explained"]
 
 
 def test_a_line_cut_by_a_kill_is_dropped_and_redone(runner, weights_dir: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,6 +31,7 @@ from callm.video import find_videos, is_frame_folder
 
 if TYPE_CHECKING:
     from callm.cascade import Stage1Recipe, Stage2
+    from callm.scan import ExplainStep
 
 
 def _recipe(
@@ -182,6 +184,8 @@ def detect(
         raise CallmError("--vlm is only used with --explain or --adaptor")
     recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
     stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
+    from callm.cascade import explain_with_ltc
+
     ltc = None
     if vador is not None:
         ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype, adaptor, stage2_config)
@@ -189,15 +193,15 @@ def detect(
     if batch:
         if json_out is not None:
             raise CallmError("--json is for one video; a batch scan writes its JSON files into --out")
-        if ltc is not None:
-            raise CallmError("--explainer ltc runs on one video at a time; batch scans use stage 1 (and --explain)")
         if out is None:
             find_videos(paths)  # a folder with nothing to scan gets that message, not this one
             raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
         if engine not in ("local", "ray"):
             raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
-        stage2 = _stage2(stage2_config, vlm_calls, fps) if explain else None
-        _scan(paths, out, recipe, engine, workers, address, retry_errors, stage2)
+        explainers = [_stage2(stage2_config, vlm_calls, fps).explain] if explain else []
+        if ltc is not None:
+            explainers.append(partial(explain_with_ltc, detector=ltc, folder_fps=fps))
+        _scan(paths, out, recipe, engine, workers, address, retry_errors, explainers)
         return
     path = paths[0]
     with make_progress() as progress:
@@ -207,8 +211,6 @@ def detect(
         if explain:
             _stage2(stage2_config, vlm_calls, fps).explain(detection, progress)
         if ltc is not None:
-            from callm.cascade import explain_with_ltc
-
             explain_with_ltc(detection, ltc, fps)
     if detection.events or detection.ltc is not None:
         console.print(events_table(detection))
@@ -245,14 +247,14 @@ def _stage2(config: Any, calls: str, fps: float) -> Stage2:
 
 def _scan(
     paths: list[Path], out: Path, recipe: Stage1Recipe, engine: str, workers: int, address: str | None,
-    retry_errors: bool, stage2: Stage2 | None,
+    retry_errors: bool, explainers: list[ExplainStep],
 ) -> None:  # fmt: skip
     from callm.report import scan_table
     from callm.report.html import build_report
     from callm.scan import scan
 
     with make_progress() as progress:
-        summary = scan(paths, out, recipe, engine, workers, address, retry_errors, stage2, ScanBars(progress))  # type: ignore[arg-type]
+        summary = scan(paths, out, recipe, engine, workers, address, retry_errors, explainers, ScanBars(progress))  # type: ignore[arg-type]
     report = build_report(out)
     console.print(scan_table(summary))
     console.print(f"results in {out}/ (summary.jsonl, summary.csv, videos/); report: {report}")

@@ -2,8 +2,8 @@
 
 A row per video: its anomaly-score curve over time (threshold line, events shaded) as inline SVG, the
 thumbnail of each event's peak frame with the event box, times, peak score and the stage-2 verdict and
-explanation when present. Rows sort by peak score (a few lines of inline JavaScript); failed files are
-listed with their errors.
+explanation when present, and the VADor's events and answer after ``--explainer ltc``. Rows sort by peak
+score (a few lines of inline JavaScript); failed files are listed with their errors.
 """
 
 from __future__ import annotations
@@ -121,6 +121,13 @@ def _video_row(run_dir: Path, record: dict[str, Any]) -> str:
     ranked = sorted(range(len(events)), key=lambda i: -events[i]["peak_score"])[:MAX_THUMBS]
     figures = "".join(_event_figure(run_dir, events[i], thumbs[i] if i < len(thumbs) else None) for i in sorted(ranked))
     more = f"<p>{len(events) - len(ranked)} more event(s) in the JSON</p>" if len(events) > len(ranked) else ""
+    ltc = data.get("ltc")
+    if ltc is not None:  # detect --explainer ltc: the VADor's own events and answer
+        spans = ", ".join(f"{_clock(e['start_s'])}-{_clock(e['end_s'])}" for e in ltc["events"]) or "none"
+        more += (
+            f'<p class="ltc">VADor events: {spans}. {html.escape(ltc["answer"])} '
+            f"<small>({html.escape(ltc['answer_source'])})</small></p>"
+        )
     return (
         f'<tr class="video" data-peak="{record["peak_score"]}">'
         f'<td class="path">{html.escape(record["path"])}<br>'

@@ -218,3 +218,30 @@ def test_detect_with_the_ltc_explainer_joins_its_events_to_stage_1s(
 def test_the_ltc_explainer_needs_its_vador(clip_dir: Path, weights_dir: Path) -> None:
     args = ["detect", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--explainer", "ltc"]
     assert_user_error(CliRunner().invoke(app, args), "--vador")
+
+
+def test_a_batch_scan_runs_the_ltc_explainer_on_every_video(
+    phase2: Path, clip_dir: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    # The folder holds the two clips and a video too short for one clip: it is reported and the scan goes on.
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for name in ("intruder.avi", "normal.avi"):
+        (folder / name).write_bytes((clip_dir / name).read_bytes())
+    write_video(folder / "short.avi", make_frames(8, seed=3))
+    run = tmp_path / "run"
+    args = ["detect", folder, "-w", weights_dir, "--explainer", "ltc", "--vador", phase2, "--out", run, *CPU]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output  # one file failed
+    records = {Path(r["path"]).name: r for r in map(json.loads, (run / "summary.jsonl").read_text().splitlines())}
+    assert records["short.avi"]["status"] == "error" and "16" in records["short.avi"]["error"]
+    single = tmp_path / "single.json"
+    invoke("detect", folder / "intruder.avi", "-w", weights_dir, "--explainer", "ltc", "--vador", phase2,
+           "--json", single, *CPU)  # fmt: skip
+    expected = json.loads(single.read_text())["ltc"]
+    scanned = json.loads((run / records["intruder.avi"]["json"]).read_text())["ltc"]
+    assert scanned == expected  # the same VADor findings as a single-video detect
+    assert records["intruder.avi"]["ltc_events"] == len(expected["events"])
+    assert records["normal.avi"]["status"] == "ok" and "ltc_events" in records["normal.avi"]
+    assert expected["answer"] in (run / "report.html").read_text()
+    assert "ltc_events" in (run / "summary.csv").read_text().splitlines()[0]
