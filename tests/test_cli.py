@@ -76,6 +76,37 @@ def test_recalibrating_at_another_stride_sets_detects_default(
     assert data["settings"]["stride"] == 4 and data["threshold"] == pytest.approx(after["threshold"])
 
 
+def test_calibrate_fits_the_gate_to_new_footage_without_training(
+    runner: CliRunner, trained, train_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    source = trained[0]
+    meta = json.loads((source / META_FILE).read_text())
+    held_out = meta["calibration"]["holdout_videos"]
+    # The footage train-ae held out, at the same stride: the same calibration train-ae stored.
+    same = tmp_path / "same"
+    result = runner.invoke(app, ["calibrate", *held_out, "-w", str(source), "--out", str(same), *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    again = json.loads((same / META_FILE).read_text())
+    numbers = ("psnr_center", "psnr_scale", "threshold")
+    assert {k: again["calibration"][k] for k in numbers} == pytest.approx({k: meta["calibration"][k] for k in numbers})
+    assert {k: v for k, v in again["calibration"].items() if k not in numbers} == {
+        k: v for k, v in meta["calibration"].items() if k not in numbers
+    }
+    assert (same / TENSORS_FILE).read_bytes() == (source / TENSORS_FILE).read_bytes()  # the model is untouched
+    # Another site, another stride and quantile: the threshold is that quantile of its normal frames' scores.
+    site = tmp_path / "site"
+    args = ["calibrate", str(clip_dir / "normal.avi"), "-w", str(source), "--out", str(site), "--stride", "4"]
+    result = runner.invoke(app, [*args, "--quantile", "0.9", *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((site / META_FILE).read_text())["calibration"]
+    assert calibration["stride"] == 4 and calibration["holdout_videos"] == [str(clip_dir / "normal.avi")]
+    data = detect_json(runner, clip_dir / "normal.avi", site, tmp_path / "n.json")
+    assert data["settings"]["stride"] == 4
+    assert np.mean(np.array(data["scores"]) <= data["threshold"]) == pytest.approx(0.9, abs=0.02)
+    bad = runner.invoke(app, ["calibrate", str(clip_dir), "-w", str(source), "--out", str(site), "--quantile", "1"])
+    assert bad.exit_code != 0 and "--quantile" in bad.output
+
+
 def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip_dir: Path) -> None:
     data = detections["intruder"]
     assert {"video", "fps", "num_frames", "threshold", "scores", "events", "windows_total", "windows_gated"} <= set(

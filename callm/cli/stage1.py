@@ -111,6 +111,55 @@ def train_ae_command(
     )
 
 
+@app.command()
+@user_errors
+def calibrate(
+    data: Annotated[
+        list[Path], typer.Argument(help="Normal footage of the site: videos, frame folders, or folders of them.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (may be --weights itself).")],
+    weights: WeightsOpt = None,
+    calibration_stride: Annotated[
+        int | None,
+        typer.Option("--stride", help="Scoring stride to calibrate at (default: the weights' own).", min=1, max=16),
+    ] = None,
+    quantile: Annotated[float, typer.Option(help="Share of the normal frames below the threshold.")] = 0.99,
+    smooth: Annotated[float | None, typer.Option(help="Gaussian sigma in frames (default: the weights' own).")] = None,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+) -> None:
+    """Fit a trained model's gate to a new site's normal footage (no training): a new threshold and score scale."""
+    from callm.ae.calibrate import Calibration
+    from callm.ae.recalibrate import recalibrate
+    from callm.ae.weights import load, save
+    from callm.device import parse_dtype, pick_device
+    from callm.video import Video
+
+    if not 0 < quantile < 1:
+        raise CallmError(f"--quantile must be between 0 and 1, got {quantile}")
+    model = load(weights or default_weights())
+    current = Calibration.from_dict(model.calibration)
+    videos = [Video(path, folder_fps=fps) for path in find_videos(data)]
+    with make_progress() as progress:
+        calibrated = recalibrate(
+            model,
+            videos,
+            calibration_stride or current.stride,
+            current.smooth_sigma if smooth is None else smooth,
+            quantile,
+            pick_device(device),
+            parse_dtype(dtype),
+            progress,
+        )
+    save(calibrated, out)
+    cal = calibrated.calibration
+    console.print(
+        f"saved {out}: threshold {cal['threshold']:.3f} (was {current.threshold:.3f}) at stride {cal['stride']}, "
+        f"from {cal['holdout_frames']} frames of {len(videos)} video(s)"
+    )
+
+
 def _explain_config(path: Path | None, calls: str, dtype: str | None, device: str | None, load_8bit: bool) -> Any:
     if calls not in ("event", "window"):
         raise CallmError(f"--vlm-calls must be 'event' or 'window', got {calls!r}")
