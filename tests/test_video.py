@@ -213,3 +213,22 @@ def test_unreadable_frame_in_folder(tmp_path: Path) -> None:
     video = Video(folder)  # the first frame is fine
     with pytest.raises(CallmError, match=r"1\.png: not a readable image"):
         list(video.frames())
+
+
+def test_scoring_a_long_video_holds_a_few_windows_of_frames_not_the_video(weights_dir: Path, tmp_path: Path) -> None:
+    # Decoded 240x320 frames are 77 kB, resized to the tiny model's 32x32 1 kB: a video held in memory, at either
+    # size, would grow the peak by at least 1 kB per extra frame. Per-frame results take a few hundred bytes.
+    import tracemalloc
+
+    from callm.cascade import DetectOptions, Stage1Recipe
+
+    stage1 = Stage1Recipe(str(weights_dir), DetectOptions(), "cpu", "fp32").build()
+    peaks = {}
+    for n in (120, 600):
+        path = write_video(tmp_path / f"long{n}.avi", make_frames(n, size=(240, 320), seed=n))
+        tracemalloc.start()
+        detection = stage1.detect(path)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert detection.num_frames == n
+    assert (peaks[600] - peaks[120]) / 480 < 600, peaks
