@@ -32,7 +32,6 @@ Focus = Literal["crop", "draw", "none"]
 FOCUS_MODES: tuple[Focus, ...] = ("crop", "draw", "none")
 DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_SOURCES = ("vision", "qformer", "video_llama", "llm")
-ARCH_TABLES = ("vision_config", "qformer_config", "video_qformer_config")
 # owner/name, as the Hugging Face hub spells repository ids
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 
 PLACEHOLDER = "<ImageHere>"
 
-# Video-LLaMA's demo clears the system line for videos (the one below is its line for images).
+# Video-LLaMA's demo clears the system line for videos (it keeps one for images only).
 VIDEO_SYSTEM = ""
-IMAGE_SYSTEM = (
-    "You are able to understand the visual content that the user provides. "
-    "Follow the instructions carefully and explain your answers in detail."
-)
 
 DEFAULT_QUESTION = (
     "Is anything abnormal or dangerous happening in this video? Answer yes or no first, then say what happens."

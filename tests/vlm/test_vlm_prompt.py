@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from callm.vlm.explain import Explainer
-from callm.vlm.prompt import IMAGE_SYSTEM, LLAMA2, VICUNA, video_message
+from callm.vlm.prompt import LLAMA2, VICUNA, video_message
+
+# Video-LLaMA's system line for images: a system line the templates must place.
+IMAGE_SYSTEM = (
+    "You are able to understand the visual content that the user provides. "
+    "Follow the instructions carefully and explain your answers in detail."
+)
 
 TIMES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]
 VIDEO = (
