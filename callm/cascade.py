@@ -71,11 +71,13 @@ class LTCResult:
     events: list[Event]
     answer: str  # VAD-LLaMA's time-stamped answer
     answer_source: str  # "template", or "llm" when a phase-3 adaptor wrote it
+    threshold: float  # the clip score above which a clip is abnormal
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "clips": [list(c) for c in self.clips],
             "clip_scores": [round(float(s), 4) for s in self.clip_scores],
+            "threshold": round(self.threshold, 4),
             "events": [{**e.to_dict(), "found_by": "ltc"} for e in self.events],
             "answer": self.answer,
             "answer_source": self.answer_source,
@@ -286,7 +288,12 @@ def explain_with_ltc(detection: Detection, detector: VADorDetector, folder_fps: 
     """
     found = detector.detect(Video(detection.video, folder_fps=folder_fps))
     detection.ltc = LTCResult(
-        found.clips, [float(s) for s in found.clip_scores], found.events, found.answer, found.answer_source
+        found.clips,
+        [float(s) for s in found.clip_scores],
+        found.events,
+        found.answer,
+        found.answer_source,
+        detector.threshold,
     )
 
 

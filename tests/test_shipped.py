@@ -45,3 +45,27 @@ def test_the_event_box_lands_on_an_abnormal_object(detection: dict) -> None:
     mask = cv2.imread(str(MASKS / f"{event['peak_frame']:03d}.png"), cv2.IMREAD_GRAYSCALE) > 0
     x0, y0, x1, y1 = event["box"]
     assert mask[y0:y1, x0:x1].mean() > 0.5  # most of the box is the annotated anomaly
+
+
+def test_the_shipped_vador_answers_with_the_time_of_the_anomaly(tmp_path: Path) -> None:
+    # weights/ped2-vador trained on Ped2 test videos 07-12 (and normal training videos 01-12): test 04 is unseen.
+    from typer.testing import CliRunner
+
+    out = tmp_path / "ltc.json"
+    args = ["detect", str(EXAMPLE), "--explainer", "ltc", "--vador", str(REPO / "weights" / "ped2-vador")]
+    result = CliRunner().invoke(app, [*args, "--json", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ltc = json.loads(out.read_text())["ltc"]
+    assert ltc["threshold"] < 0.5  # calibrated on held-out normal videos, not the 0.5 line
+    assert ltc["answer"].startswith("Yes, there are anomalies from")
+    covered = {f for e in ltc["events"] for f in range(e["start_frame"], e["end_frame"] + 1)}
+    assert len(covered & set(range(30, 180))) >= 0.9 * 150
+    assert not covered & set(range(16))  # the first clip, all normal, is not flagged
+
+
+def test_weights_check_knows_the_shipped_folders() -> None:
+    from callm.vlm.inspect import inspect_weights
+
+    for folder, kind in (("ped2", "callm-ae"), ("ped2-vador", "callm-vador")):
+        info = inspect_weights(REPO / "weights" / folder)
+        assert (info.kind, info.loadable) == (kind, True) and info.parameters

@@ -141,6 +141,11 @@ def train_vador_command(
     sparsity: SparsityOpt = 0.0,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(help="List file of held-out normal videos: the clip threshold is fitted to their scores."),
+    ] = None,
+    quantile: Annotated[float, typer.Option(help="--calibrate: share of their clips under the threshold.")] = 0.99,
 ) -> None:
     """Train the VADor on weak (video-level) labels: phase 1, then phase 2 from it."""
     from callm.vador.model import ATTENTIONS
@@ -150,6 +155,8 @@ def train_vador_command(
         raise CallmError("--phase 2 starts from phase 1's weights: pass --init PHASE1_FOLDER")
     if phase == 1 and init is not None:
         raise CallmError("--init is for --phase 2")
+    if not 0 < quantile < 1:
+        raise CallmError(f"--quantile must be between 0 and 1, got {quantile}")
     settings = _settings(
         epochs=epochs,
         batch_size=batch_size,
@@ -163,13 +170,21 @@ def train_vador_command(
     lists = _context_lists(context) if phase == 2 else ()
     mode = _choice(attention, ATTENTIONS, "--attention")
     with make_progress() as progress:
-        weights = train_vador(features, labels, out, settings, lists, k, mode, init, resume, progress)
-    training = weights.training
+        weights = train_vador(
+            features, labels, out, settings, lists, k, mode, init, resume, progress, calibrate, quantile
+        )
+    training, calibration = weights.training, weights.calibration
     unmatched = training["unmatched_list_entries"]
     console.print(
         f"saved {out}: phase {phase}, {training['normal_videos']} normal + {training['abnormal_videos']} abnormal "
         f"videos, final loss {training['epoch_losses'][-1]:.4f}, {training['train_seconds']:.1f} s"
         + (f"; {unmatched} listed videos have no features" if unmatched else "")
+        + (
+            f"; clip threshold {calibration['threshold']:.3f} from {calibration['clips']} clips of "
+            f"{len(calibration['videos'])} held-out normal videos"
+            if calibration
+            else "; clip threshold 0.5 (uncalibrated: see --calibrate)"
+        )
     )
 
 
@@ -242,7 +257,8 @@ def ablate_vador_command(
     from callm.vador.model import ATTENTIONS
     from callm.vador.train import load_training_set
 
-    train_features, train_labels, encoder, _ = load_training_set(features, labels)
+    training = load_training_set(features, labels)
+    train_features, train_labels, encoder = training.features, training.labels, training.encoder
     index, labelled = labelled_videos(test, test_labels, only)
     if index.encoder != encoder:
         raise CallmError(f"{test}: features of another encoder than the training features")

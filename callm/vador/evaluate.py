@@ -16,7 +16,7 @@ import torch
 
 from callm.errors import CallmError
 from callm.metrics import roc_auc
-from callm.vador.features import FeatureIndex
+from callm.vador.features import FeatureIndex, VideoFeatures
 from callm.vador.labels import Labelled, frame_labels, match_list, read_video_list
 from callm.vador.model import VADor, abnormal_probability
 from callm.vador.online import frame_scores
@@ -28,6 +28,21 @@ def score_clips(model: VADor, features: np.ndarray) -> np.ndarray:
     """Abnormal probability of every clip of one video, all clips at once (equal to the online scores)."""
     logits = model.eval()(torch.from_numpy(np.asarray(features, dtype=np.float32))[None]).logits[0]
     return abnormal_probability(logits).numpy()
+
+
+def calibrate_threshold(model: VADor, normal: Sequence[VideoFeatures], quantile: float) -> dict[str, Any]:
+    """The clip-score threshold that ``quantile`` of the clips of normal videos the VADor never trained on stay
+    under: a fixed false-alarm rate instead of the 0.5 line, which MIL training on few videos can leave far from
+    where normal clips score."""
+    if not normal:
+        raise CallmError("calibration needs held-out normal videos")
+    scores = np.concatenate([score_clips(model, video.load()) for video in normal])
+    return {
+        "threshold": float(np.quantile(scores, quantile)),
+        "quantile": quantile,
+        "videos": [video.video for video in normal],
+        "clips": int(scores.size),
+    }
 
 
 def auc_overall_and_abnormal(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray]) -> dict[str, float | None]:

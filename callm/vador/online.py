@@ -26,9 +26,6 @@ from callm.vlm.instruct import timed_answer
 if TYPE_CHECKING:  # the LLM is loaded only when an adaptor is given
     from callm.vador.adaptor import AdaptorLLM
 
-# The VADor outputs a probability: a clip is abnormal when the predictor says so more likely than not.
-DEFAULT_THRESHOLD = 0.5
-
 
 class ClipStep(NamedTuple):
     """What the VADor makes of one clip of a stream."""
@@ -83,7 +80,7 @@ def clip_events(
     num_frames: int,
     fps: float,
     frame_size: tuple[int, int],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float,
     min_frames: int = 1,
     max_gap: int = 0,
 ) -> list[Event]:
@@ -119,7 +116,7 @@ class VADorDetector:
         self,
         encoder: ClipEncoder,
         weights: VADorWeights,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,  # None: the weights' own (calibrated, or the 0.5 decision line)
         min_frames: int = 1,
         max_gap: int = 0,
         batch_size: int = 8,
@@ -128,7 +125,7 @@ class VADorDetector:
         weights.check_features(encoder.settings, "the encoder given")
         self.encoder = encoder
         self.scorer = OnlineScorer(weights.model)
-        self.threshold = threshold
+        self.threshold = weights.threshold if threshold is None else threshold
         self.min_frames = min_frames
         self.max_gap = max_gap
         self.batch_size = batch_size

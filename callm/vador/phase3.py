@@ -38,8 +38,7 @@ from callm.vador.adaptor import (
     state_fingerprint,
 )
 from callm.vador.features import FeatureIndex, VideoFeatures
-from callm.vador.model import VADor
-from callm.vador.online import DEFAULT_THRESHOLD, OnlineScorer, clip_events, template_answer
+from callm.vador.online import OnlineScorer, clip_events, template_answer
 from callm.vador.weights import VADorWeights
 from callm.vlm.checkpoints import load_language_model
 from callm.vlm.config import VLMConfig
@@ -60,10 +59,11 @@ class PseudoInstruction:
 
 
 def pseudo_instructions(
-    vador: VADor, videos: Sequence[VideoFeatures], progress: Progress | None = None
+    vador: VADorWeights, videos: Sequence[VideoFeatures], progress: Progress | None = None
 ) -> list[PseudoInstruction]:
-    """Score every video's stored features online and turn the scores into the answer ``detect`` would template."""
-    scorer = OnlineScorer(vador)
+    """Score every video's stored features online and turn the scores into the answer ``detect`` would template
+    (at the VADor's own threshold)."""
+    scorer, threshold = OnlineScorer(vador.model), vador.threshold
     task = progress.add_task("scoring videos", total=len(videos)) if progress else None
     instructions = []
     for entry in videos:
@@ -71,7 +71,7 @@ def pseudo_instructions(
         steps = [scorer.step(row) for row in entry.load()]
         scores = np.array([step.score for step in steps])
         # The answer reads the events' times alone; their box (the whole frame) is unknown from features.
-        events = clip_events(scores, entry.clips, entry.num_frames, entry.fps, (0, 0), DEFAULT_THRESHOLD)
+        events = clip_events(scores, entry.clips, entry.num_frames, entry.fps, (0, 0), threshold)
         instructions.append(
             PseudoInstruction(
                 entry.video,
@@ -112,7 +112,7 @@ def finetune_adaptor(
     if not videos:
         raise CallmError(f"{feature_dirs[0]}: holds no videos' features")
     prompt = AdaptorPrompt(config.template, question, config.system)
-    instructions = pseudo_instructions(vador.model, videos, progress)
+    instructions = pseudo_instructions(vador, videos, progress)
     vador_fingerprint = state_fingerprint(vador.model)
     meta = {
         "settings": asdict(settings),

@@ -29,8 +29,9 @@ from rich.progress import Progress
 
 from callm.checkpoint import has_checkpoint, load_checkpoint, read_state, save_checkpoint
 from callm.errors import CallmError
-from callm.vador.features import FeatureIndex
-from callm.vador.labels import weak_labels
+from callm.vador.evaluate import calibrate_threshold
+from callm.vador.features import FeatureIndex, VideoFeatures
+from callm.vador.labels import match_list, read_video_list, weak_labels
 from callm.vador.model import Attention, ListKind, VADor, VADorConfig, VADorOutput, abnormal_probability
 from callm.vador.weights import VADorWeights, load, save
 
@@ -192,9 +193,16 @@ def train(
     return TrainResult(model.eval(), losses, seconds)
 
 
-def load_training_set(
-    feature_dirs: Sequence[Path], labels_path: Path | None
-) -> tuple[list[np.ndarray], list[int], dict[str, Any], dict[str, Any]]:
+@dataclass
+class TrainingSet:
+    videos: list[VideoFeatures]
+    features: list[np.ndarray]  # (clips, dim) per video
+    labels: list[int]  # 1 = the video contains an anomaly
+    encoder: dict[str, Any]  # the encoder settings all the features share
+    summary: dict[str, Any]
+
+
+def load_training_set(feature_dirs: Sequence[Path], labels_path: Path | None) -> TrainingSet:
     """Features and weak labels of the training videos, the encoder settings they share, and a summary."""
     indexes = [FeatureIndex.read(d) for d in feature_dirs]
     encoder = indexes[0].encoder
@@ -202,7 +210,6 @@ def load_training_set(
         if index.encoder != encoder:
             raise CallmError(f"{index.folder}: features of another encoder than {indexes[0].folder}'s")
     chosen = weak_labels([v for index in indexes for v in index.videos], labels_path)
-    features = [v.load() for v in chosen.videos]
     summary = {
         "features": [str(d) for d in feature_dirs],
         "labels": str(labels_path) if labels_path else "folder names",
@@ -210,7 +217,25 @@ def load_training_set(
         "abnormal_videos": chosen.labels.count(1),
         "unmatched_list_entries": chosen.unmatched,
     }
-    return features, chosen.labels, encoder, summary
+    return TrainingSet(chosen.videos, [v.load() for v in chosen.videos], chosen.labels, encoder, summary)
+
+
+def held_out_normal(feature_dirs: Sequence[Path], list_path: Path, training: TrainingSet) -> list[VideoFeatures]:
+    """The normal videos a list file names for calibration; refuses unknown, abnormal or training videos."""
+    videos = [v for d in feature_dirs for v in FeatureIndex.read(d).videos]
+    entries = read_video_list(list_path)
+    trained = {v.video for v in training.videos}
+    chosen = []
+    for entry, video in zip(entries, match_list(entries, videos, list_path), strict=True):
+        where = f"{list_path}:{entry.line}: {entry.path}"
+        if video is None:
+            raise CallmError(f"{where} has no features in the features folders given")
+        if entry.label == 1:  # unlabelled entries are taken as the normal videos the list is for
+            raise CallmError(f"{where} is labelled abnormal; calibration needs normal videos")
+        if video.video in trained:
+            raise CallmError(f"{where} is a training video; calibrate on normal videos the VADor did not train on")
+        chosen.append(video)
+    return chosen
 
 
 def train_vador(
@@ -224,11 +249,16 @@ def train_vador(
     init: Path | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    calibrate: Path | None = None,
+    quantile: float = 0.99,
 ) -> VADorWeights:
-    """``callm train-vador``: phase 1 (no lists) or phase 2 (lists, from ``init``'s phase-1 weights)."""
+    """``callm train-vador``: phase 1 (no lists) or phase 2 (lists, from ``init``'s phase-1 weights); with
+    ``calibrate`` (a list of held-out normal videos) the clip threshold is fitted to them."""
     if bool(lists) != (init is not None):
         raise CallmError("phase 2 needs the phase-1 weights (--init) and context lists; phase 1 takes neither")
-    features, labels, encoder, summary = load_training_set(feature_dirs, labels_path)
+    training = load_training_set(feature_dirs, labels_path)
+    features, labels, encoder, summary = training.features, training.labels, training.encoder, training.summary
+    normal = held_out_normal(feature_dirs, calibrate, training) if calibrate is not None else []
     phase1 = load(init) if init is not None else None
     if phase1 is not None:
         phase1.check_features(encoder, str(feature_dirs[0]))
@@ -246,6 +276,7 @@ def train_vador(
             "epoch_losses": [round(v, 6) for v in result.losses],
             "train_seconds": round(result.seconds, 2),
         },
+        calibration=calibrate_threshold(result.model, normal, quantile) if normal else {},
     )
     save(weights, out)
     return weights

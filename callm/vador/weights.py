@@ -15,6 +15,8 @@ from callm.vador.model import VADor, VADorConfig
 from callm.weights_folder import WeightsFolder
 
 FOLDER = WeightsFolder("callm-vador", "VADor weights", "vador.safetensors", "vador.json", "callm train-vador")
+# An uncalibrated VADor calls a clip abnormal when its predictor says so more likely than not.
+DECISION_LINE = 0.5
 
 
 @dataclass
@@ -22,6 +24,13 @@ class VADorWeights:
     model: VADor
     features: dict[str, Any]  # encoder settings of the training features (see callm.vador.features)
     training: dict[str, Any] = field(default_factory=dict)
+    # {"threshold", "quantile", "videos", "clips"} when train-vador --calibrate scored held-out normal videos
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        """The clip score above which a clip is abnormal: calibrated, or the 0.5 decision line."""
+        return float(self.calibration.get("threshold", DECISION_LINE))
 
     def check_features(self, encoder: dict[str, Any], source: str) -> None:
         """Refuse features another encoder (or another setting of it) made: the AP would score noise."""
@@ -38,7 +47,12 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> str:
 
 
 def save(weights: VADorWeights, folder: str | Path) -> None:
-    meta = {"config": weights.model.config.to_dict(), "features": weights.features, "training": weights.training}
+    meta = {
+        "config": weights.model.config.to_dict(),
+        "features": weights.features,
+        "training": weights.training,
+        "calibration": weights.calibration,
+    }
     FOLDER.save(weights.model, folder, meta)
 
 
@@ -47,4 +61,4 @@ def load(path: str | Path) -> VADorWeights:
     tensors, meta = FOLDER.read_meta(path)
     model = VADor(VADorConfig.from_dict(meta.get("config", {})))
     FOLDER.load_tensors(model, tensors)
-    return VADorWeights(model.eval(), meta.get("features", {}), meta.get("training", {}))
+    return VADorWeights(model.eval(), meta.get("features", {}), meta.get("training", {}), meta.get("calibration", {}))

@@ -17,6 +17,8 @@ from transformers import Blip2QFormerConfig, Blip2VisionConfig
 
 from callm.ae import weights as ae_weights
 from callm.errors import CallmError
+from callm.vador import adaptor
+from callm.vador import weights as vador_weights
 from callm.vlm.checkpoints import (
     DEFAULT_QUERY_TOKENS,
     MappedWeights,
@@ -34,9 +36,12 @@ from callm.vlm.checkpoints import (
 )
 from callm.vlm.config import VLMConfig
 from callm.vlm.model import FrameEncoder
+from callm.weights_folder import WeightsFolder
 
 DESCRIPTIONS = {
     "callm-ae": "callm stage-1 autoencoder",
+    "callm-vador": "callm VADor (VAD-LLaMA anomaly predictor with its context lists)",
+    "callm-vador-adaptor": "callm VAD-LLaMA phase-3 adaptor (VADor clips to LLM tokens)",
     "video-llama": "Video-LLaMA checkpoint (video Q-Former, frame positions, llama_proj)",
     "lavis-vit": "LAVIS EVA ViT-g (BLIP-2 vision encoder)",
     "lavis-qformer": "LAVIS BLIP-2 Q-Former (query tokens, ln_vision)",
@@ -130,12 +135,19 @@ def _check_hf_blip2(path: Path) -> Check:
     return check
 
 
-def _check_ae(path: Path) -> Check:
+def _check_own(load: Callable[[Path], torch.nn.Module], path: Path) -> Check:
     def check() -> tuple[str, int | None]:
-        model = ae_weights.load(path).model
-        return "loads", sum(p.numel() for p in model.parameters())
+        return "loads", sum(p.numel() for p in load(path).parameters())
 
     return check
+
+
+# callm's own safetensors + JSON folders: (kind, folder format, loader of the model).
+OWN_FOLDERS: tuple[tuple[str, WeightsFolder, Callable[[Path], torch.nn.Module]], ...] = (
+    ("callm-ae", ae_weights.FOLDER, lambda p: ae_weights.load(p).model),
+    ("callm-vador", vador_weights.FOLDER, lambda p: vador_weights.load(p).model),
+    ("callm-vador-adaptor", adaptor.FOLDER, lambda p: adaptor.load_adaptor(p).model),
+)
 
 
 def _check_llm(path: Path) -> Check:
@@ -161,7 +173,7 @@ def _unknown(path: Path, detail: str, parameters: int | None = None) -> WeightsI
 def _inspect_folder(path: Path) -> WeightsInfo:
     config_file = path / "config.json"
     if not config_file.is_file():
-        return _unknown(path, "no config.json or ae.json")
+        return _unknown(path, "no config.json, nor the JSON of callm's own weights")
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
@@ -176,8 +188,9 @@ def inspect_weights(path: str | Path, config: VLMConfig | None = None) -> Weight
     path = Path(path)
     if not path.exists():
         raise CallmError(f"{path}: not found")
-    if ae_weights.FOLDER.claims(path):
-        return _info(path, "callm-ae", _check_ae(path))
+    for kind, folder, load in OWN_FOLDERS:
+        if folder.claims(path):
+            return _info(path, kind, _check_own(load, path))
     if path.is_dir():
         return _inspect_folder(path)
     try:

@@ -245,3 +245,43 @@ def test_a_batch_scan_runs_the_ltc_explainer_on_every_video(
     assert records["normal.avi"]["status"] == "ok" and "ltc_events" in records["normal.avi"]
     assert expected["answer"] in (run / "report.html").read_text()
     assert "ltc_events" in (run / "summary.csv").read_text().splitlines()[0]
+
+
+def test_a_calibrated_vador_flags_clips_above_its_held_out_normal_quantile(
+    train_features: Path, test_features: tuple[Path, Path], clip_dir: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    # Train on the four normal and four abnormal videos; calibrate on clip_dir's normal.avi, never trained on.
+    split = tmp_path / "split.txt"
+    split.write_text("".join(f"Normal/n{i} 0\nAbnormal/a{i} 1\n" for i in range(4)))
+    held_out = tmp_path / "normal.txt"
+    held_out.write_text("normal.avi\n")
+    out = tmp_path / "calibrated"
+    features = [train_features, test_features[0]]
+    stdout = invoke(
+        "train-vador", *features, "--labels", split, "--calibrate", held_out, "--quantile", "0.75", "--out", out, *TRAIN
+    )
+    weights = load(out)
+    normal = next(v for v in FeatureIndex.read(test_features[0]).videos if v.name == "normal.avi")
+    expected = float(np.quantile(score_clips(weights.model, normal.load()), 0.75))
+    assert weights.calibration["threshold"] == pytest.approx(expected) and weights.threshold == pytest.approx(expected)
+    assert weights.calibration["clips"] == 4 and weights.calibration["videos"] == [normal.video]
+    assert f"clip threshold {expected:.3f} from 4 clips of 1 held-out normal videos" in stdout
+
+    # detect uses it: the LTC events are the clips above the calibrated threshold, not above 0.5.
+    json_out = tmp_path / "d.json"
+    args = ["detect", clip_dir / "intruder.avi", "-w", weights_dir, "--explainer", "ltc", "--vador", out]
+    invoke(*args, "--json", json_out, *CPU)
+    ltc = json.loads(json_out.read_text())["ltc"]
+    assert ltc["threshold"] == pytest.approx(expected, abs=1e-4)
+    above = [c for c, s in zip(ltc["clips"], ltc["clip_scores"], strict=True) if s > expected]
+    assert sum(e["end_frame"] - e["start_frame"] + 1 for e in ltc["events"]) == sum(b - a for a, b in above)
+
+    runner = CliRunner()
+    base = ["train-vador", *map(str, features), "--labels", str(split), "--out", str(tmp_path / "x"), *TRAIN]
+    for listed, message in [
+        ("Normal/n0\n", "is a training video"),
+        ("normal.avi 1\n", "labelled abnormal"),
+        ("nowhere.avi\n", "has no features"),
+    ]:
+        held_out.write_text(listed)
+        assert_user_error(runner.invoke(app, [*base, "--calibrate", str(held_out)]), message)

@@ -36,10 +36,10 @@ def test_each_frame_takes_the_first_clip_that_holds_it() -> None:
 
 
 def test_events_and_answer() -> None:
-    events = clip_events(np.array([0.1, 0.9, 0.2]), CLIPS, 40, fps=10.0, frame_size=(48, 64))
+    events = clip_events(np.array([0.1, 0.9, 0.2]), CLIPS, 40, fps=10.0, frame_size=(48, 64), threshold=0.5)
     assert [(e.start_frame, e.end_frame) for e in events] == [(16, 31)]
     assert events[0].box == [0, 0, 64, 48]
     assert template_answer(events) == "Yes, there are anomalies from 1.6s to 3.2s."
-    two = clip_events(np.array([0.7, 0.1, 0.6]), CLIPS, 40, fps=8.0, frame_size=(48, 64))
+    two = clip_events(np.array([0.7, 0.1, 0.6]), CLIPS, 40, fps=8.0, frame_size=(48, 64), threshold=0.5)
     assert template_answer(two) == "Yes, there are anomalies from 0s to 2s and from 4s to 5s."
     assert template_answer([]) == "No, there are no anomalies."

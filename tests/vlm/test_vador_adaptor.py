@@ -32,6 +32,7 @@ from callm.vador.weights import load
 from callm.vlm.checkpoints import load_language_model
 from callm.vlm.config import load_config
 from callm.vlm.explain import generation_options
+from callm.vlm.inspect import inspect_weights
 from callm.vlm.model import IGNORE_INDEX
 
 CPU = ["--device", "cpu", "--dtype", "fp32"]
@@ -126,6 +127,8 @@ def test_phase_three_lowers_the_loss_and_moves_only_the_adaptor(phase3_run: Any,
     reloaded = load_adaptor(out).model.state_dict()
     assert all(torch.equal(reloaded[k.removeprefix("adaptor.")], v) for k, v in after.items() if "adaptor." in k)
     assert (out / "checkpoint" / "state.safetensors").is_file()
+    info = inspect_weights(out)  # `callm weights check` knows it
+    assert (info.kind, info.loadable, info.parameters) == ("callm-vador-adaptor", True, 2 * 16 * 32 + 32)
 
 
 @pytest.mark.parametrize("config_fixture", ["lavis_config", "hf_config"])  # vicuna and llama2 templates
