@@ -73,6 +73,12 @@ Load8bitOpt = Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bit
 VlmOpt = Annotated[Path, typer.Option("--vlm", help="Stage-2 config (TOML) naming its weights.")]
 
 
+def check_quantile(quantile: float) -> None:
+    """A calibration quantile is a share of normal frames or clips strictly between none and all."""
+    if not 0 < quantile < 1:
+        raise CallmError(f"--quantile must be between 0 and 1, got {quantile}")
+
+
 def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 

@@ -20,6 +20,7 @@ from callm.cli.common import (
     VlmDtypeOpt,
     WeightsOpt,
     app,
+    check_quantile,
     default_weights,
     quiet_transformers,
     user_errors,
@@ -136,8 +137,7 @@ def calibrate(
     from callm.device import parse_dtype, pick_device
     from callm.video import Video
 
-    if not 0 < quantile < 1:
-        raise CallmError(f"--quantile must be between 0 and 1, got {quantile}")
+    check_quantile(quantile)
     model = load(weights or default_weights())
     current = Calibration.from_dict(model.calibration)
     videos = [Video(path, folder_fps=fps) for path in find_videos(data)]

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
-from callm.cli.common import DeviceOpt, DtypeOpt, FpsOpt, WeightsOpt, app, default_weights, user_errors
+from callm.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    FpsOpt,
+    WeightsOpt,
+    app,
+    check_quantile,
+    default_weights,
+    user_errors,
+)
 from callm.console import console, make_progress
 from callm.errors import CallmError
 
@@ -150,13 +159,13 @@ def train_vador_command(
     """Train the VADor on weak (video-level) labels: phase 1, then phase 2 from it."""
     from callm.vador.model import ATTENTIONS
     from callm.vador.train import train_vador
+    from callm.vador.weights import DECISION_LINE
 
     if phase == 2 and init is None:
         raise CallmError("--phase 2 starts from phase 1's weights: pass --init PHASE1_FOLDER")
     if phase == 1 and init is not None:
         raise CallmError("--init is for --phase 2")
-    if not 0 < quantile < 1:
-        raise CallmError(f"--quantile must be between 0 and 1, got {quantile}")
+    check_quantile(quantile)
     settings = _settings(
         epochs=epochs,
         batch_size=batch_size,
@@ -183,7 +192,7 @@ def train_vador_command(
             f"; clip threshold {calibration['threshold']:.3f} from {calibration['clips']} clips of "
             f"{len(calibration['videos'])} held-out normal videos"
             if calibration
-            else "; clip threshold 0.5 (uncalibrated: see --calibrate)"
+            else f"; clip threshold {DECISION_LINE:g} (uncalibrated: see --calibrate)"
         )
     )
 

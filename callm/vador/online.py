@@ -116,7 +116,6 @@ class VADorDetector:
         self,
         encoder: ClipEncoder,
         weights: VADorWeights,
-        threshold: float | None = None,  # None: the weights' own (calibrated, or the 0.5 decision line)
         min_frames: int = 1,
         max_gap: int = 0,
         batch_size: int = 8,
@@ -125,7 +124,7 @@ class VADorDetector:
         weights.check_features(encoder.settings, "the encoder given")
         self.encoder = encoder
         self.scorer = OnlineScorer(weights.model)
-        self.threshold = weights.threshold if threshold is None else threshold
+        self.threshold = weights.threshold  # calibrated, or the 0.5 decision line
         self.min_frames = min_frames
         self.max_gap = max_gap
         self.batch_size = batch_size
