@@ -100,10 +100,16 @@ def test_scan_isolates_bad_files_and_a_rerun_does_no_work(
     assert len(summary_lines(run)) == len(GOOD | BAD)  # replaced, not duplicated
 
 
-def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]) -> None:
+def two_videos(tmp_path: Path) -> Path:
+    """A folder ``in`` with two short videos, a.avi and b.avi."""
     folder = tmp_path / "in"
     write_video(folder / "a.avi", make_frames(32, seed=1))
     write_video(folder / "b.avi", make_frames(32, seed=2))
+    return folder
+
+
+def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]) -> None:
+    folder = two_videos(tmp_path)
     run = tmp_path / "run"
     args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
@@ -115,9 +121,7 @@ def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Pa
 
 
 def test_a_video_an_explainer_cannot_handle_is_recorded_and_the_scan_goes_on(weights_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    write_video(folder / "a.avi", make_frames(32, seed=1))
-    write_video(folder / "b.avi", make_frames(32, seed=2))
+    folder = two_videos(tmp_path)
     seen: list[str] = []
 
     def explain(detection: Detection) -> None:
@@ -135,9 +139,7 @@ def test_a_video_an_explainer_cannot_handle_is_recorded_and_the_scan_goes_on(wei
 
 
 def test_a_line_cut_by_a_kill_is_dropped_and_redone(runner, weights_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    write_video(folder / "a.avi", make_frames(32, seed=1))
-    write_video(folder / "b.avi", make_frames(32, seed=2))
+    folder = two_videos(tmp_path)
     run = tmp_path / "run"
     args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
