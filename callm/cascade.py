@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from callm.ae.calibrate import Calibration, smooth_curve
+from callm.ae.calibrate import Calibration
 from callm.ae.events import Event, find_events, gated_windows, window_starts
 from callm.ae.score import FrameScorer
 from callm.ae.weights import AEWeights, load
@@ -93,7 +93,7 @@ class Detection:
     num_frames: int
     frame_size: tuple[int, int]  # (height, width) of the original frames
     threshold: float
-    psnr: np.ndarray  # per frame, before smoothing
+    psnr: np.ndarray  # per frame, before smoothing: the autoencoder's signal
     scores: np.ndarray  # calibrated, higher = more abnormal; the threshold applies to these
     events: list[Event]
     window_starts: list[int]
@@ -103,6 +103,7 @@ class Detection:
     explanations: list[Explanation] | None = None  # one per event once stage 2 ran, None without it
     vlm_calls: int = 0
     ltc: LTCResult | None = None  # the VAD-LLaMA path's own finding, with --explainer ltc
+    speed: np.ndarray | None = None  # per frame, dB: the optical-flow signal, when the weights use it
 
     @property
     def scores_minmax(self) -> np.ndarray:
@@ -126,6 +127,7 @@ class Detection:
             frame_size=(int(data["frame_size"][0]), int(data["frame_size"][1])),
             threshold=float(data["threshold"]),
             psnr=np.asarray(data["psnr"], dtype=np.float64),
+            speed=np.asarray(data["speed"], dtype=np.float64) if "speed" in data else None,
             scores=np.asarray(data["scores"], dtype=np.float64),
             events=[Event(**{f.name: event[f.name] for f in fields(Event)}) for event in data["events"]],
             window_starts=window_starts(num_frames),
@@ -152,6 +154,7 @@ class Detection:
             "scores": [round(float(s), 4) for s in self.scores],
             "scores_minmax": [round(float(s), 4) for s in self.scores_minmax],
             "psnr": [round(float(p), 3) for p in self.psnr],
+            **({"speed": [round(float(v), 3) for v in self.speed]} if self.speed is not None else {}),
             "events": events,
             "windows_total": len(self.window_starts),
             "windows_gated": len(self.gated_starts),
@@ -172,13 +175,16 @@ class Stage1:
     def __init__(self, weights: AEWeights, options: DetectOptions, device: torch.device, dtype: torch.dtype) -> None:
         self.calibration = Calibration.from_dict(weights.calibration)
         self.options = options
+        calibration = self.calibration
         self.scorer = FrameScorer(
             weights.model,
-            self.calibration.measure,
+            calibration.measure,
             device=device,
             dtype=dtype,
-            stride=options.stride or self.calibration.stride,
+            stride=options.stride or calibration.stride,
             batch_size=options.batch_size,
+            motion_step=calibration.motion_step,
+            flow=calibration.speed_of if calibration.uses_flow else "off",
         )
 
     @property
@@ -191,7 +197,7 @@ class Stage1:
         video = Video(path, folder_fps=self.options.folder_fps)
         total = video.info.num_frames or None
         frames = self.scorer.score(video, on_window=None if on_frames is None else lambda done: on_frames(done, total))
-        scores = self.calibration.calibrated(smooth_curve(frames.psnr, self.calibration.smooth_sigma))
+        scores = self.calibration.calibrated(frames.psnr, frames.speed)
         n = len(scores)
         events = find_events(
             scores,
@@ -208,6 +214,7 @@ class Stage1:
             frame_size=(video.info.height, video.info.width),
             threshold=self.threshold,
             psnr=frames.psnr,
+            speed=frames.speed,
             scores=scores,
             events=events,
             window_starts=window_starts(n),
@@ -221,6 +228,8 @@ class Stage1:
                 "patch": self.calibration.patch,
                 "top_k": self.calibration.top_k,
                 "smooth_sigma": self.calibration.smooth_sigma,
+                "flow_weight": self.calibration.flow_weight,
+                "motion_step": self.calibration.motion_step,
             },
         )
 
@@ -322,4 +331,4 @@ class Stage1Recipe:
 
     def build(self) -> Stage1:
         device = pick_device(self.device)
-        return Stage1(load(self.weights, device), self.options, device, parse_dtype(self.dtype))
+        return Stage1(load(self.weights, device), self.options, device, parse_dtype(self.dtype, device))

@@ -7,11 +7,14 @@ bounded deque, so a one-hour video scores in the memory of a few windows.
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -195,6 +198,64 @@ def batched_windows(windows: Iterable[Window], size: int) -> Iterator[list[Windo
             batch = []
     if batch:
         yield batch
+
+
+T = TypeVar("T")
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items``, produced on a background thread up to ``depth`` ahead.
+
+    Decoding and optical flow run in OpenCV, which releases the GIL, so they overlap the model's forward
+    passes on the caller's thread. The producer's errors are raised here; stopping early stops it.
+    """
+    slots: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            put(_Failed(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="callm-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def find_videos(paths: Sequence[str | Path]) -> list[Path]:

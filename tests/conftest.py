@@ -50,7 +50,7 @@ TRAIN_ARGS = ["--size", "32", "--widths", "4,8", "--crop", "0", "--device", "cpu
 def trained(train_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """``callm train-ae`` run once: (weights folder, CliRunner result)."""
     out = tmp_path_factory.mktemp("weights") / "tiny"
-    result = CliRunner().invoke(app, ["train-ae", str(train_dir), "--out", str(out), "--epochs", "3", *TRAIN_ARGS])
+    result = CliRunner().invoke(app, ["train-ae", str(train_dir), "--out", str(out), "--steps", "30", *TRAIN_ARGS])
     assert result.exit_code == 0, result.output
     return out, result
 

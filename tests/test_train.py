@@ -1,4 +1,4 @@
-"""``train_ae`` end to end: hold-out split, calibration, checkpoints, and resuming to the same weights."""
+"""``train_ae`` end to end: cross-fitting, calibration, checkpoints, the default budget, and resuming."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import torch
 from synthetic import make_frames, write_frame_folder, write_video
 
 import callm.ae.train as train_module
+from callm.ae.budget import BASE_FRAMES, BASE_STEPS, MAX_STEPS, MIN_STEPS, default_steps
+from callm.ae.calibrate import ScoringSettings
 from callm.ae.model import AEConfig
-from callm.ae.train import CACHE_DIR, CHECKPOINT_DIR, ScoringSettings, TrainSettings, split_holdout, train_ae
+from callm.ae.train import CACHE_DIR, CHECKPOINT_DIR, TrainSettings, cross_fit_parts, train_ae
 from callm.ae.weights import load
 from callm.errors import CallmError
 from callm.video import Video
 
-CONFIG = AEConfig(height=32, width=32, widths=(4, 8))
-SETTINGS = TrainSettings(epochs=2, batch_size=4, lr=1e-3, crop=16, clips_per_epoch=12)
+CONFIG = AEConfig(height=32, width=44, widths=(4, 8))  # 48x64 footage (4:3) at height 32: width 44
+SETTINGS = TrainSettings(steps=8, batch_size=4, lr=1e-3, crop=16)
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +31,19 @@ def three_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def run(data: Path | list[Path], out: Path, settings: TrainSettings = SETTINGS, config: AEConfig = CONFIG, **kwargs):
+@pytest.fixture(autouse=True)
+def short_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_module, "CHUNK_STEPS", 4)  # checkpoints every 4 steps, so a test run has several
+
+
+def run(data: Path | list[Path], out: Path, settings: TrainSettings = SETTINGS, widths=(4, 8), **kwargs):
     paths = data if isinstance(data, list) else [data]
     scoring = ScoringSettings()
-    return train_ae(paths, out, config, settings, scoring, torch.device("cpu"), torch.float32, 10.0, **kwargs)
+    return train_ae(paths, out, 32, widths, settings, scoring, torch.device("cpu"), torch.float32, 10.0, **kwargs)
 
 
-def with_epochs(epochs: int) -> TrainSettings:
-    return TrainSettings(**{**SETTINGS.to_dict(), "epochs": epochs})
+def with_steps(steps: int) -> TrainSettings:
+    return TrainSettings(**{**SETTINGS.to_dict(), "steps": steps})
 
 
 def assert_same_model(a, b) -> None:
@@ -48,69 +55,102 @@ def assert_same_model(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def unbroken(three_videos: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The reference: two epochs in one go."""
+    """The reference: one uninterrupted run."""
     out = tmp_path_factory.mktemp("unbroken")
-    return out, run(three_videos, out)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "CHUNK_STEPS", 4)
+        return out, run(three_videos, out)
 
 
-def test_train_ae_writes_calibrated_weights(unbroken, three_videos: Path) -> None:
+def test_train_ae_trains_on_everything_and_calibrates_out_of_sample(unbroken, three_videos: Path) -> None:
     out, weights = unbroken
     loaded = load(out)
     assert loaded.config == CONFIG
+    videos = [str(three_videos / f"v{i}.avi") for i in range(3)]
+    # Every video trains the final model, and every video calibrates the gate...
+    assert loaded.training["trained_on"] == videos
     cal = loaded.calibration
-    # Of three videos the last is held out and calibrates the gate; it is never trained on.
-    assert cal["holdout_videos"] == [str(three_videos / "v2.avi")]
-    assert loaded.training["trained_on"] == [str(three_videos / "v0.avi"), str(three_videos / "v1.avi")]
-    assert cal["holdout_frames"] == 48
-    assert cal["error"] == "motion" and cal["patch"] == 4  # 0.125 of the 32-pixel side
-    assert cal["psnr_scale"] > 0 and np.isfinite(cal["threshold"])
-    assert len(loaded.training["epoch_losses"]) == 2
-    assert loaded.training["clips_seen"] == 2 * 12
+    assert sorted(cal["holdout_videos"]) == videos and cal["holdout_frames"] == 3 * 48
+    # ... each scored by a fold model that never trained on it: the folds split the videos, and each fold model's
+    # checkpoint names the footage it trained on.
+    folds = loaded.training["cross_fit_folds"]
+    assert sorted(v for fold in folds for v in fold) == videos and len(folds) == 2
+    for k, held in enumerate(folds):
+        state = json.loads((out / CHECKPOINT_DIR / f"fold-{k + 1}" / "state.json").read_text())
+        assert set(state["meta"]["data"]) == set(videos) - set(held)
+        assert state["step"] == state["meta"]["steps"] == loaded.training["fold_steps"][k]
+    assert cal["error"] == "motion" and cal["patch"] == 4  # 0.125 of the 32-pixel height
+    assert cal["psnr_scale"] > 0 and np.isfinite(cal["threshold"]) and cal["flow_weight"] == 0.5
+    assert len(cal["speed_profile"]) == 32 // 2  # one per row of 2-pixel cells
+    evidence = cal["evidence"]
+    assert evidence["windows"] == 3 * 3 and evidence["videos"] == 3 and evidence["enough"] is False
+    assert "cross-fitting" in evidence["method"]
+    assert loaded.training["steps"] == 8 and len(loaded.training["chunk_losses"]) == 2
     assert len(list((out / CACHE_DIR).glob("*.u8"))) == 3
-    state = json.loads((out / CHECKPOINT_DIR / "state.json").read_text())
-    assert state["epoch"] == 2
     assert weights.calibration == loaded.calibration
+
+
+def test_fold_models_train_as_long_as_the_rule_gives_their_share() -> None:
+    settings = TrainSettings(steps=1000)
+    assert settings.steps_for(400, 400) == 1000
+    assert settings.steps_for(100, 400) == 500  # a quarter of the footage: half the steps (square-root rule)
+    auto = TrainSettings()
+    assert auto.steps_for(2500, 5000) == default_steps(2500) == BASE_STEPS
+
+
+def test_default_budget_grows_with_the_square_root_of_the_footage() -> None:
+    assert default_steps(BASE_FRAMES) == BASE_STEPS
+    assert default_steps(4 * BASE_FRAMES) == 2 * BASE_STEPS
+    assert default_steps(10) == MIN_STEPS and default_steps(10**7) == MAX_STEPS
 
 
 def test_resume_after_a_kill_matches_an_unbroken_run(
     unbroken, three_videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--resume`` after a kill: the same command picks up at the last checkpoint and ends where an unbroken
-    run ends, because each epoch draws its clips from a generator seeded by (seed, epoch)."""
+    """``--resume`` after a kill: the same command picks up at the last checkpoint of whichever model it was
+    training and ends where an unbroken run ends, because each chunk of steps draws its clips from a generator
+    seeded by (seed, chunk)."""
     _, reference = unbroken
     save_checkpoint = train_module.save_checkpoint
+    saves = []
 
-    def save_then_die(*args, **kwargs):
-        save_checkpoint(*args, **kwargs)
-        raise KeyboardInterrupt  # killed just after the first epoch's checkpoint
+    def save_then_die(folder, *args, **kwargs):
+        save_checkpoint(folder, *args, **kwargs)
+        saves.append(folder.name)
+        if folder.name == "final":
+            raise KeyboardInterrupt  # killed just after the final model's first checkpoint
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(three_videos, tmp_path)
     monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
-    assert json.loads((tmp_path / CHECKPOINT_DIR / "state.json").read_text())["epoch"] == 1
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "final" / "state.json").read_text())["step"] == 4
     assert not (tmp_path / "ae.json").exists()
     resumed = run(three_videos, tmp_path, resume=True)
     assert_same_model(resumed, reference)
+    assert resumed.calibration == reference.calibration
 
 
 def test_without_resume_training_starts_over(unbroken, three_videos: Path) -> None:
     out, reference = unbroken
-    again = run(three_videos, out)  # same folder, checkpoint present, but no --resume: two fresh epochs
+    again = run(three_videos, out)  # same folder, checkpoints present, but no --resume: fresh runs
     assert_same_model(again, reference)
 
 
-def test_resume_with_other_settings_is_refused(three_videos: Path, tmp_path: Path) -> None:
-    run(three_videos, tmp_path, with_epochs(1))
+def test_resume_with_other_settings_or_footage_is_refused(three_videos: Path, tmp_path: Path) -> None:
+    run(three_videos, tmp_path, with_steps(4))
     refused = "trained with other settings; rerun without --resume or with the same options"
     with pytest.raises(CallmError, match=refused):
-        run(three_videos, tmp_path, TrainSettings(**{**SETTINGS.to_dict(), "epochs": 1, "lr": 5e-4}), resume=True)
-    # The learning rate follows the whole run's schedule, so the epoch count is part of a run too.
+        run(three_videos, tmp_path, TrainSettings(**{**with_steps(4).to_dict(), "lr": 5e-4}), resume=True)
+    # The learning rate follows the whole run's schedule, so the step count is part of a run too.
     with pytest.raises(CallmError, match=refused):
-        run(three_videos, tmp_path, with_epochs(2), resume=True)
+        run(three_videos, tmp_path, with_steps(8), resume=True)
     # Other widths would not even fit the checkpoint's tensors: still a clear refusal, not a traceback.
     with pytest.raises(CallmError, match=refused):
-        run(three_videos, tmp_path, with_epochs(1), config=AEConfig(height=32, width=32, widths=(4, 16)), resume=True)
+        run(three_videos, tmp_path, with_steps(4), widths=(4, 16), resume=True)
+    # Other footage: resuming would mix two models and make ``trained_on`` lie.
+    with pytest.raises(CallmError, match=refused):
+        run([three_videos / "v0.avi", three_videos / "v1.avi"], tmp_path, with_steps(4), resume=True)
 
 
 def test_resume_without_a_checkpoint(three_videos: Path, tmp_path: Path) -> None:
@@ -118,33 +158,43 @@ def test_resume_without_a_checkpoint(three_videos: Path, tmp_path: Path) -> None
         run(three_videos, tmp_path, resume=True)
 
 
-def test_split_holdout() -> None:
-    videos = [object()] * 7
-    assert split_holdout(videos[:1], 0.15) == ([0], [])
-    assert split_holdout(videos[:2], 0.15) == ([0], [1])
-    assert split_holdout(videos, 0.3) == ([0, 1, 2, 3, 4], [5, 6])
-    assert split_holdout(videos[:3], 0.99) == ([0], [1, 2])  # at least one video trains
-    assert split_holdout(videos[:3], 0.0) == ([0, 1, 2], [])
+def test_cross_fit_parts_balance_the_folds_by_length() -> None:
+    lengths = [40, 100, 50, 90]
+    arrays = [np.zeros((n, 2, 2), np.uint8) for n in lengths]
+    names = [f"v{i}" for i in range(4)]
+    folds = cross_fit_parts(names, arrays, 2)
+    assert sorted(p.name for f in folds for p in f) == names  # every video once
+    totals = sorted(sum(len(p.frames) for p in f) for f in folds)
+    assert totals == [140, 140]
+    assert [p.name for p in folds[0]] == sorted(p.name for p in folds[0])  # in the user's order
 
 
-def test_one_long_video_is_split_in_time(tmp_path: Path) -> None:
+def test_one_long_video_is_cut_in_time() -> None:
+    (a,), (b,) = cross_fit_parts(["only"], [np.zeros((80, 2, 2), np.uint8)], 2)
+    assert (a.name, len(a.frames), b.name, len(b.frames)) == ("only[0:40]", 40, "only[40:80]", 40)
+    with pytest.raises(CallmError, match="one of at least 64 frames"):
+        cross_fit_parts(["short"], [np.zeros((60, 2, 2), np.uint8)], 2)
+    with pytest.raises(CallmError, match="--folds must be at least 2"):
+        cross_fit_parts(["v0", "v1"], [np.zeros((80, 2, 2), np.uint8)] * 2, 1)
+
+
+def test_one_long_video_trains_and_calibrates(tmp_path: Path) -> None:
     video = write_frame_folder(tmp_path / "long", make_frames(80, size=(32, 32)))
-    weights = run(video, tmp_path / "w", with_epochs(1), holdout=0.4)
-    cut = int(80 * 0.6)
-    assert weights.calibration["holdout_videos"] == [f"{video}[{cut}:]"]
-    assert weights.calibration["holdout_frames"] == 80 - cut
+    weights = run(video, tmp_path / "w", with_steps(4))
+    assert weights.calibration["holdout_videos"] == [f"{video}[0:40]", f"{video}[40:80]"]
+    assert weights.calibration["holdout_frames"] == 80
 
 
 def test_one_short_video_leaves_nothing_to_calibrate(tmp_path: Path) -> None:
     video = write_video(tmp_path / "short.avi", make_frames(40))
-    with pytest.raises(CallmError, match="no normal footage left to calibrate"):
-        run(video, tmp_path / "w", with_epochs(1))
+    with pytest.raises(CallmError, match="not enough normal footage to train and calibrate"):
+        run(video, tmp_path / "w", with_steps(4))
 
 
 def test_training_video_shorter_than_a_window(three_videos: Path, tmp_path: Path) -> None:
     short = write_video(tmp_path / "short.avi", make_frames(10))
     with pytest.raises(CallmError, match="has 10 frames; at least 16 are needed"):
-        run([three_videos, short], tmp_path / "w", with_epochs(1))
+        run([three_videos, short], tmp_path / "w", with_steps(4))
 
 
 def test_frame_cache_is_at_model_size(three_videos: Path, tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ class AEConfig:
     """Shape of the autoencoder. Saved with the weights so a file rebuilds its own model."""
 
     frames: int = WINDOW
-    height: int = 256
-    width: int = 256
-    widths: tuple[int, ...] = (32, 64, 128, 128)
+    height: int = 128
+    width: int = 192
+    widths: tuple[int, ...] = (16, 32, 64, 64)
     # The first layer keeps full time resolution; later layers halve time, height and width together.
     first_time_stride: int = 1
 
@@ -27,12 +27,27 @@ class AEConfig:
         if not self.widths or any(w < 1 for w in self.widths):
             raise CallmError(f"autoencoder widths must be positive, got {self.widths}")
         time_factor = self.first_time_stride * 2 ** (len(self.widths) - 1)
-        space_factor = 2 ** len(self.widths)
+        space_factor = self.space_factor
         if self.frames % time_factor or self.height % space_factor or self.width % space_factor:
             raise CallmError(
                 f"input {self.frames}x{self.height}x{self.width} must divide by {time_factor} in time and "
                 f"{space_factor} in space for {len(self.widths)} layers"
             )
+
+    @property
+    def space_factor(self) -> int:
+        return 2 ** len(self.widths)
+
+    @classmethod
+    def for_footage(cls, height: int, frame_size: tuple[int, int], widths: tuple[int, ...]) -> AEConfig:
+        """A model ``height`` high whose width keeps the footage's aspect ratio (rounded to what the layers
+        divide), so people keep their shape."""
+        factor = 2 ** len(widths)
+        if height < factor or height % factor:
+            raise CallmError(f"--size must be a positive multiple of {factor} for {len(widths)} layers, got {height}")
+        aspect = frame_size[1] / frame_size[0]
+        width = max(factor, round(height * aspect / factor) * factor)
+        return cls(height=height, width=width, widths=widths)
 
     def strides(self) -> list[tuple[int, int, int]]:
         return [(self.first_time_stride, 2, 2)] + [(2, 2, 2)] * (len(self.widths) - 1)

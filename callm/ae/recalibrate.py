@@ -1,8 +1,9 @@
 """``callm calibrate``: fit a trained model's gate to a new site's normal footage, without training.
 
-The shipped (or any) autoencoder is kept as it is; only the calibration changes: the PSNR centre and spread
-and the threshold now describe this camera's normal footage, scored at the chosen stride. The scoring
-measure (error kind, region size, top-k) stays the model's.
+The shipped (or any) autoencoder is kept as it is; only the calibration changes: the signal scales, the
+camera's perspective profile and the threshold now describe this camera's normal footage, scored at the chosen
+stride. The scoring measure (error kind, region size, top-k, flow weight) stays the model's. The model never
+saw this footage, so its scores are out of sample as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import replace
 import torch
 from rich.progress import Progress
 
-from callm.ae.calibrate import Calibration, calibrate
+from callm.ae.calibrate import Calibration, NormalFootage, ScoringSettings, calibrate
+from callm.ae.motion import motion_step
 from callm.ae.score import FrameScorer
 from callm.ae.weights import AEWeights
 from callm.console import FrameBar
@@ -31,15 +33,21 @@ def recalibrate(
     progress: Progress | None = None,
 ) -> AEWeights:
     """The same model with a calibration measured on ``videos`` (normal footage the model did not train on)."""
-    measure = Calibration.from_dict(weights.calibration).measure
-    scorer = FrameScorer(weights.model, measure, device, dtype, stride=stride)
-    psnr = []
+    current = Calibration.from_dict(weights.calibration)
+    settings = ScoringSettings(
+        error=current.error, top_k=current.top_k, flow_weight=current.flow_weight, speed_top_k=current.speed_top_k,
+        smooth_sigma=smooth_sigma, stride=stride, quantile=quantile,
+    )  # fmt: skip
+    step = motion_step(videos[0].info.fps) if current.uses_flow else current.motion_step
+    flow = "rows" if current.uses_flow else "off"
+    scorer = FrameScorer(weights.model, current.measure, device, dtype, stride=stride, motion_step=step, flow=flow)
+    footage = []
     for video in videos:
-        if progress is None:
-            psnr.append(scorer.score(video).psnr)
-            continue
-        bar, total = FrameBar(progress, video.path.name), video.info.num_frames or None
-        psnr.append(scorer.score(video, lambda done, bar=bar, total=total: bar(done, total)).psnr)
-        bar.close()
-    calibration = calibrate(psnr, [str(v.path) for v in videos], measure, stride, smooth_sigma, quantile)
+        bar = FrameBar(progress, video.path.name) if progress is not None else None
+        total = video.info.num_frames or None
+        scores = scorer.score(video, None if bar is None else lambda done, bar=bar, total=total: bar(done, total))
+        if bar is not None:
+            bar.close()
+        footage.append(NormalFootage(str(video.path), scores.psnr, scores.speed_rows))
+    calibration = calibrate(footage, current.measure, settings, step, method="scored by a model that never saw it")
     return replace(weights, calibration=calibration.to_dict())

@@ -8,8 +8,9 @@ Frames before the first centre and after the last one take the nearest window's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -17,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from callm.ae.model import ConvAutoencoder3d
+from callm.ae.motion import with_speed_rows
 from callm.device import autocast
 from callm.errors import CallmError
-from callm.video import WINDOW, Video, Window, batched_windows, iter_windows
+from callm.video import WINDOW, Video, Window, batched_windows, iter_windows, prefetch
 
 CENTRE = 8  # the 9th frame of a 16-frame window is the one the paper scores
 
@@ -106,9 +108,13 @@ def error_box(error: np.ndarray, frame_size: tuple[int, int], blur: int) -> list
 class FrameScores:
     """Per-frame stage-1 output of one video."""
 
-    psnr: np.ndarray  # (n,) dB, lower = worse reconstruction
+    psnr: np.ndarray  # (n,) dB of the autoencoder's error, lower = worse reconstruction
     boxes: np.ndarray  # (n, 4) int, [x0, y0, x1, y1] in original-frame pixels
     windows_scored: int
+    # The optical-flow side: the flow signal (n,) when the scorer knew how to reduce it, else every frame's row
+    # tops (n, rows, TOP_PER_ROW) for a calibration to fit its speed profile on.
+    speed: np.ndarray | None = None
+    speed_rows: np.ndarray | None = None
 
 
 def scored_range(stride: int) -> tuple[int, int]:
@@ -119,8 +125,12 @@ def scored_range(stride: int) -> tuple[int, int]:
     return lo, lo + stride
 
 
+SpeedReducer = Callable[[np.ndarray], float]  # a frame's row tops -> its flow signal
+FlowMode = SpeedReducer | Literal["rows", "off"]
+
+
 class FrameScorer:
-    """Scores videos with a trained autoencoder; stateless between videos."""
+    """Scores videos with a trained autoencoder and optical flow; stateless between videos."""
 
     def __init__(
         self,
@@ -130,7 +140,12 @@ class FrameScorer:
         dtype: torch.dtype,
         stride: int = 1,
         batch_size: int = 8,
+        motion_step: int = 1,
+        flow: FlowMode = "off",
     ) -> None:
+        """``flow``: "off" computes no optical flow (weights without it); "rows" keeps every frame's row tops
+        (for a calibration to fit its profile on); a function reduces each frame's row tops to its flow signal
+        as it goes, so a long video costs one number a frame."""
         # Channels-last 3D lets oneDNN pick its fast Conv3d kernels: about 2x faster on CPU, same results.
         self.model = model.to(device, memory_format=torch.channels_last_3d).eval()
         self.measure = measure
@@ -138,6 +153,8 @@ class FrameScorer:
         self.dtype = dtype
         self.stride = stride
         self.batch_size = batch_size
+        self.motion_step = motion_step
+        self.flow = flow
         scored_range(stride)  # validate early
 
     @property
@@ -169,8 +186,24 @@ class FrameScorer:
         psnr: dict[int, float] = {}
         boxes: dict[int, list[int]] = {}
         distance: dict[int, int] = {}
+        speeds: list[float] = []
+        rows: list[np.ndarray] = []
+
+        def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+            for frame, tops in pairs:
+                if self.flow == "rows":
+                    rows.append(tops)
+                elif callable(self.flow):
+                    speeds.append(self.flow(tops))
+                yield frame
+
+        # Decoding and flow run ahead on their own thread, beside the model.
+        stream: Iterable[np.ndarray] = frames
+        if self.flow != "off":
+            stream = record_motion(with_speed_rows(frames, self.motion_step))
         windows = n = 0
-        windows_iter = iter_windows(frames, step=self.stride, source=source)
+        ahead = prefetch(stream, depth=WINDOW + self.batch_size * self.stride)
+        windows_iter = iter_windows(ahead, step=self.stride, source=source)
         for batch in batched_windows(windows_iter, self.batch_size):
             errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
             for window, error in zip(batch, errors, strict=True):
@@ -187,6 +220,8 @@ class FrameScorer:
             psnr=np.array([psnr[i] for i in nearest], dtype=np.float64),
             boxes=np.array([boxes[i] for i in nearest], dtype=np.int64),
             windows_scored=windows,
+            speed=np.array(speeds[:n], dtype=np.float64) if callable(self.flow) else None,
+            speed_rows=np.stack(rows[:n]) if self.flow == "rows" else None,
         )
 
     def _assign(

@@ -1,11 +1,19 @@
-"""Training loop of the stage-1 autoencoder: frame cache, sampling, AdamW, per-epoch checkpoints, resume.
+"""Training of the stage-1 autoencoder: frame cache, sampling, AdamW, checkpoints, resume, and cross-fitting.
 
-The model itself lives in ``model.py``; calibration of the gate after training in ``calibrate.py``.
+The gate's threshold must describe footage the model never trained on, yet every normal frame a user gives is
+worth training on. Cross-fitting does both: the footage is split into ``folds`` parts; for each part a model
+trains on the others and scores it; the pooled out-of-sample scores calibrate the final model, which then
+trains on everything. The fold models train as long as the same rule gives for their share of the footage,
+so they are the model one gets from that much footage, slightly weaker than the final one: their threshold
+errs toward fewer false alarms.
+
+The model lives in ``model.py``; the calibration in ``calibrate.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -18,9 +26,11 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from callm.ae.calibrate import calibrate
+from callm.ae.budget import default_steps
+from callm.ae.calibrate import NormalFootage, ScoringSettings, calibrate
 from callm.ae.model import AEConfig, ConvAutoencoder3d
-from callm.ae.score import ErrorMeasure, FrameScorer, to_model_range
+from callm.ae.motion import motion_step
+from callm.ae.score import FrameScorer, to_model_range
 from callm.ae.weights import AEWeights
 from callm.ae.weights import save as save_weights
 from callm.checkpoint import has_checkpoint, load_checkpoint, read_state, save_checkpoint
@@ -31,25 +41,14 @@ from callm.video import WINDOW, Video, find_videos
 
 CHECKPOINT_DIR = "checkpoint"
 CACHE_DIR = "frame-cache"
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    """How the trained model scores frames; stored in the calibration so detect scores the same way."""
-
-    error: str = "motion"
-    patch_fraction: float = 0.125  # side of the scored error region, as a share of the model's frame side
-    top_k: int = 8
-    smooth_sigma: float = 7.0  # frames; 0.7 s at Ped2's 10 fps
-    stride: int = 8
-    quantile: float = 0.99
+CHUNK_STEPS = 100  # steps between checkpoints; each chunk draws its clips from its own seeded generator
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 30
+    steps: int = 0  # 0: default_steps of the footage
     batch_size: int = 16
-    lr: float = 2e-4  # peak; decays to 0 on a cosine over the whole run
+    lr: float = 1e-3  # peak; decays to 0 on a cosine over the whole run
     weight_decay: float = 1e-4
     seed: int = 0
     # Train on crops of this size (0 = whole frames). The model is fully convolutional, so it scores whole
@@ -57,11 +56,17 @@ class TrainSettings:
     crop: int = 64
     # Share of crops centred on motion (the rest uniform), so capacity goes to what moves.
     motion_share: float = 0.7
-    # Epoch length in clips; 0 means one clip per training window of the data.
-    clips_per_epoch: int = 0
+    folds: int = 2  # cross-fitting folds for the calibration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def steps_for(self, frames: int, all_frames: int) -> int:
+        """Steps for a model trained on ``frames`` of the ``all_frames`` given: the default rule, or the user's
+        ``steps`` for all of it scaled by the same rule."""
+        if not self.steps:
+            return default_steps(frames)
+        return max(1, round(self.steps * math.sqrt(frames / all_frames)))
 
 
 def _cache_key(video: Video, size: tuple[int, int]) -> str:
@@ -112,10 +117,6 @@ class ClipSampler:
         counts = np.array([len(v) - WINDOW + 1 for v in videos], dtype=np.float64)
         self.video_weights = counts / counts.sum()
 
-    @property
-    def num_windows(self) -> int:
-        return int(sum(len(v) - WINDOW + 1 for v in self.videos))
-
     def sample(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         clips = []
         for _ in range(batch):
@@ -145,57 +146,62 @@ class ClipSampler:
 @dataclass
 class TrainResult:
     model: ConvAutoencoder3d
-    losses: list[float]  # mean loss per epoch
+    losses: list[float]  # mean loss per chunk of CHUNK_STEPS steps
     seconds: float
-    clips_seen: int
+    steps: int
 
 
 def train(
     train_videos: Sequence[np.ndarray],
     config: AEConfig,
     settings: TrainSettings,
-    out: Path,
+    steps: int,
+    checkpoint: Path,
     device: torch.device,
     dtype: torch.dtype,
     resume: bool = False,
     progress: Progress | None = None,
+    label: str = "training",
+    seed: int | None = None,
+    data: Sequence[str] = (),
 ) -> TrainResult:
-    """Train on cached normal footage; checkpoint to ``out/checkpoint`` after every epoch."""
-    torch.manual_seed(settings.seed)
+    """Train on cached normal footage for ``steps`` steps; checkpoint to ``checkpoint`` every CHUNK_STEPS."""
+    seed = settings.seed if seed is None else seed
+    torch.manual_seed(seed)
     # Channels-last 3D: oneDNN's faster Conv3d kernels (about 10% per training step on CPU, 2x for scoring).
     model = ConvAutoencoder3d(config).to(device, memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sampler = ClipSampler(train_videos, settings.crop, settings.motion_share)
-    clips_per_epoch = settings.clips_per_epoch or sampler.num_windows
-    steps_per_epoch = max(1, math.ceil(clips_per_epoch / settings.batch_size))
-    checkpoint = out / CHECKPOINT_DIR
-    meta = {"config": config.to_dict(), "settings": settings.to_dict()}
-    start_epoch, losses, seconds = 0, [], 0.0
+    # What the run trains on is part of it too: resuming on other footage would mix two models.
+    meta = {
+        "config": config.to_dict(), "settings": settings.to_dict(), "steps": steps, "seed": seed,
+        "data": [*data], "frames": [len(v) for v in train_videos],
+    }  # fmt: skip
+    done, losses, seconds = 0, [], 0.0
     if resume and has_checkpoint(checkpoint):
         # Settings are checked before the tensors load: another --widths would not even fit the model.
         state = read_state(checkpoint)
-        if state["meta"] != meta:
+        if state.get("meta") != meta:
             raise CallmError(
                 f"{checkpoint}: was trained with other settings; rerun without --resume or with the same options"
             )
         load_checkpoint(checkpoint, model, optimizer)
-        start_epoch, losses, seconds = state["epoch"], state["losses"], state["seconds"]
+        done, losses, seconds = state["step"], state["losses"], state["seconds"]
     elif resume:
         raise CallmError(f"{checkpoint}: no checkpoint to resume from")
 
-    epoch_task = progress.add_task("epochs", total=settings.epochs, completed=start_epoch) if progress else None
-    for epoch in range(start_epoch, settings.epochs):
-        # One generator per epoch, derived from the seed: a resumed run draws the same clips as an unbroken one.
-        rng = np.random.default_rng([settings.seed, epoch])
-        torch.manual_seed(settings.seed * 100_003 + epoch)
+    task = progress.add_task(label, total=steps, completed=done) if progress else None
+    while done < steps:
+        chunk = done // CHUNK_STEPS
+        # One generator per chunk, derived from the seed: a resumed run draws the same clips as an unbroken one.
+        rng = np.random.default_rng([seed, chunk])
+        torch.manual_seed(seed * 100_003 + chunk)
         model.train()
-        step_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
         began = time.perf_counter()
-        total = 0.0
-        for step in range(steps_per_epoch):
-            progress_share = (epoch * steps_per_epoch + step) / (settings.epochs * steps_per_epoch)
+        total, count = 0.0, 0
+        while done < min(steps, (chunk + 1) * CHUNK_STEPS):
             for group in optimizer.param_groups:
-                group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress_share))
+                group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * done / steps))
             x = to_model_range(sampler.sample(rng, settings.batch_size)).to(device)[:, None]
             x = x.contiguous(memory_format=torch.channels_last_3d)
             with autocast(device, dtype):
@@ -204,84 +210,128 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
-            if progress is not None and step_task is not None:
-                elapsed = time.perf_counter() - began
-                rate = (step + 1) * settings.batch_size / max(elapsed, 1e-9)
-                progress.update(step_task, advance=1, info=f"loss {total / (step + 1):.5f}  {rate:.1f} clips/s")
+            total, count, done = total + loss.item(), count + 1, done + 1
+            if progress is not None and task is not None:
+                rate = count * settings.batch_size / max(time.perf_counter() - began, 1e-9)
+                progress.update(task, completed=done, info=f"loss {total / count:.5f}  {rate:.1f} clips/s")
         seconds += time.perf_counter() - began
-        losses.append(total / steps_per_epoch)
+        losses.append(total / count)
         save_checkpoint(
-            checkpoint, model, optimizer, {"epoch": epoch + 1, "losses": losses, "seconds": seconds, "meta": meta}
+            checkpoint, model, optimizer, {"step": done, "losses": losses, "seconds": seconds, "meta": meta}
         )
-        if progress is not None and step_task is not None and epoch_task is not None:
-            progress.remove_task(step_task)
-            progress.update(epoch_task, advance=1, info=f"last epoch loss {losses[-1]:.5f}")
+    if progress is not None and task is not None:
+        progress.remove_task(task)
     model.eval()
-    return TrainResult(model, losses, seconds, settings.epochs * steps_per_epoch * settings.batch_size)
+    return TrainResult(model, losses, seconds, steps)
 
 
-def split_holdout(videos: Sequence[Video], fraction: float) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out videos: the last ``fraction`` of the videos (at least one) are held
-    out for calibration. A single video is split in time instead (see ``train_ae``)."""
-    if len(videos) < 2 or fraction <= 0:
-        return list(range(len(videos))), []
-    held = min(len(videos) - 1, max(1, round(fraction * len(videos))))
-    return list(range(len(videos) - held)), list(range(len(videos) - held, len(videos)))
+@dataclass(frozen=True)
+class Part:
+    """A stretch of normal footage: a whole video, or a slice in time of the only one."""
+
+    name: str
+    frames: np.ndarray
+
+
+def cross_fit_parts(names: Sequence[str], arrays: Sequence[np.ndarray], folds: int) -> list[list[Part]]:
+    """Split the footage into ``folds`` groups of about equal length: whole videos when there are at least as
+    many videos as folds, else a single video cut into consecutive slices."""
+    if folds < 2:
+        raise CallmError(
+            f"--folds must be at least 2 (a model must never score the footage it trained on), got {folds}"
+        )
+    if len(arrays) >= folds:
+        groups: list[list[Part]] = [[] for _ in range(folds)]
+        # Longest first into the lightest group: the folds end up within one video of each other.
+        for i in sorted(range(len(arrays)), key=lambda i: -len(arrays[i])):
+            lightest = min(range(folds), key=lambda g: sum(len(p.frames) for p in groups[g]))
+            groups[lightest].append(Part(names[i], arrays[i]))
+        return [sorted(g, key=lambda p: names.index(p.name)) for g in groups]
+    if len(arrays) == 1 and len(arrays[0]) >= folds * 2 * WINDOW:
+        bounds = np.linspace(0, len(arrays[0]), folds + 1).astype(int)
+        return [[Part(f"{names[0]}[{a}:{b}]", arrays[0][a:b])] for a, b in itertools.pairwise(bounds)]
+    raise CallmError(
+        f"not enough normal footage to train and calibrate: give {folds} or more videos, or one of at least "
+        f"{folds * 2 * WINDOW} frames"
+    )
+
+
+def score_footage(
+    model: ConvAutoencoder3d, parts: Sequence[Part], scoring: ScoringSettings, step: int,
+    device: torch.device, dtype: torch.dtype,
+) -> list[NormalFootage]:  # fmt: skip
+    """The signals calibration needs, of footage ``model`` did not train on."""
+    measure = scoring.measure(model.config.height)
+    flow = "rows" if scoring.flow_weight > 0 else "off"
+    scorer = FrameScorer(model, measure, device, dtype, stride=scoring.stride, motion_step=step, flow=flow)
+    footage = []
+    for part in parts:
+        scores = scorer.score_frames(iter(part.frames), part.frames.shape[1:], part.name)
+        footage.append(NormalFootage(part.name, scores.psnr, scores.speed_rows))
+    return footage
 
 
 def train_ae(
     paths: Sequence[str | Path],
     out: Path,
-    config: AEConfig,
+    height: int,
+    widths: tuple[int, ...],
     settings: TrainSettings,
     scoring: ScoringSettings,
     device: torch.device,
     dtype: torch.dtype,
     folder_fps: float,
-    holdout: float = 0.15,
     resume: bool = False,
     progress: Progress | None = None,
 ) -> AEWeights:
-    """``callm train-ae``: cache frames, train, calibrate the gate on held-out normal footage, save weights."""
+    """``callm train-ae``: cache frames, cross-fit the calibration, train the final model, save the weights."""
     sources = [Video(p, folder_fps=folder_fps) for p in find_videos(paths)]
-    size = (config.height, config.width)
-    arrays = cache_frames(sources, size, out / CACHE_DIR, progress)
-    train_ids, held_ids = split_holdout(sources, holdout)
-    train_arrays = [arrays[i] for i in train_ids]
-    held_arrays = [arrays[i] for i in held_ids]
-    held_names = [str(sources[i].path) for i in held_ids]
-    if not held_ids and holdout > 0:
-        # One video: its tail is the held-out part, if both parts keep at least a few windows.
-        only = arrays[0]
-        cut = int(len(only) * (1 - holdout))
-        if cut >= 2 * WINDOW and len(only) - cut >= 2 * WINDOW:
-            train_arrays, held_arrays = [only[:cut]], [only[cut:]]
-            held_names = [f"{sources[0].path}[{cut}:]"]
-    if not held_arrays:
-        raise CallmError(
-            "no normal footage left to calibrate the threshold: give two or more videos, or one of at least "
-            f"{4 * WINDOW} frames"
-        )
-    result = train(train_arrays, config, settings, out, device, dtype, resume=resume, progress=progress)
-    patch = max(1, round(scoring.patch_fraction * min(config.height, config.width)))
-    measure = ErrorMeasure(scoring.error, patch, scoring.top_k)
-    scorer = FrameScorer(result.model, measure, device, dtype, stride=scoring.stride)
-    held_psnr = [
-        scorer.score_frames(iter(a), a.shape[1:], name).psnr for a, name in zip(held_arrays, held_names, strict=True)
-    ]
-    calibration = calibrate(held_psnr, held_names, measure, scoring.stride, scoring.smooth_sigma, scoring.quantile)
+    config = AEConfig.for_footage(height, (sources[0].info.height, sources[0].info.width), widths)
+    arrays = cache_frames(sources, (config.height, config.width), out / CACHE_DIR, progress)
+    names = [str(s.path) for s in sources]
+    groups = cross_fit_parts(names, arrays, settings.folds)
+    all_frames = sum(len(a) for a in arrays)
+    step = motion_step(sources[0].info.fps)
+    began = time.perf_counter()
+    footage: list[NormalFootage] = []
+    fold_steps: list[int] = []
+    fold_seconds: list[float] = []
+    for k, held in enumerate(groups):
+        rest = [p for g, group in enumerate(groups) if g != k for p in group]
+        steps = settings.steps_for(sum(len(p.frames) for p in rest), all_frames)
+        fold = train(
+            [p.frames for p in rest], config, settings, steps, out / CHECKPOINT_DIR / f"fold-{k + 1}", device, dtype,
+            resume, progress, label=f"fold {k + 1}/{len(groups)}", seed=settings.seed + k + 1,
+            data=[p.name for p in rest],
+        )  # fmt: skip
+        fold_steps.append(steps)
+        fold_seconds.append(fold.seconds)
+        footage += score_footage(fold.model, held, scoring, step, device, dtype)
+    calibration = calibrate(
+        footage, scoring.measure(config.height), scoring, step,
+        method=f"{len(groups)}-fold cross-fitting: each part scored by a model trained on the other parts",
+    )  # fmt: skip
+    steps = settings.steps_for(all_frames, all_frames)
+    result = train(
+        arrays, config, settings, steps, out / CHECKPOINT_DIR / "final", device, dtype, resume, progress,
+        label="final model", data=names,
+    )  # fmt: skip
     weights = AEWeights(
         result.model,
         calibration=calibration.to_dict(),
         training={
-            "data": [str(s.path) for s in sources],
-            "trained_on": [str(sources[i].path) for i in train_ids] if held_ids else [str(sources[0].path)],
+            "data": names,
+            "trained_on": names,
+            "frames": int(all_frames),
+            "cross_fit_folds": [[p.name for p in g] for g in groups],
             "settings": settings.to_dict(),
-            "epochs": settings.epochs,
-            "epoch_losses": [round(v, 6) for v in result.losses],
-            "train_seconds": round(result.seconds, 1),
-            "clips_seen": result.clips_seen,
+            "scoring": scoring.to_dict(),
+            "steps": steps,
+            "fold_steps": fold_steps,
+            "chunk_losses": [round(v, 6) for v in result.losses],
+            "train_seconds": round(result.seconds, 1),  # the final model's steps
+            "fold_train_seconds": [round(v, 1) for v in fold_seconds],
+            "wall_seconds": round(time.perf_counter() - began, 1),
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
         },

@@ -47,7 +47,7 @@ def caption(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 30,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Zero-shot BLIP-2 captions of each 16-frame window's 9th frame; rerunning completes the file."""
     from callm.device import parse_dtype, pick_device
@@ -57,7 +57,8 @@ def caption(
     options = CaptionOptions(
         every=every, batch_size=batch_size, prompt=prompt, max_new_tokens=max_new_tokens, folder_fps=fps
     )
-    captioner = Blip2Captioner(model, pick_device(device), parse_dtype(dtype), options)
+    torch_device = pick_device(device)
+    captioner = Blip2Captioner(model, torch_device, parse_dtype(dtype, torch_device), options)
     with make_progress() as progress:
         summary = caption_videos(data, out, captioner, progress)
     console.print(
@@ -87,7 +88,7 @@ def instruct(
     seed: int = 0,
     threshold: ThresholdOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Turn captions and what is known to be abnormal into instruction-tuning data for callm finetune."""
     from callm.vlm.caption import read_captions
@@ -123,7 +124,10 @@ def instruct(
 
             torch_device = pick_device(device)
             model = Stage1(
-                load(stage1, torch_device), DetectOptions(threshold=threshold), torch_device, parse_dtype(dtype)
+                load(stage1, torch_device),
+                DetectOptions(threshold=threshold),
+                torch_device,
+                parse_dtype(dtype, torch_device),
             )
             spans = stage1_spans(videos, model, progress)
         else:

@@ -67,7 +67,7 @@ def chat(
     threshold: ThresholdOpt = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
     vlm_dtype: VlmDtypeOpt = None,
     vlm_device: VlmDeviceOpt = None,
     load_8bit: Load8bitOpt = False,

@@ -53,7 +53,12 @@ WeightsOpt = Annotated[
     typer.Option("--weights", "-w", help="Stage-1 weights folder (default: $CALLM_WEIGHTS or the shipped Ped2 model)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (CUDA when present).")]
-DtypeOpt = Annotated[str, typer.Option(help="Autocast precision: bf16 (AMX on recent CPUs), fp16, fp32.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="Precision: auto (the fastest on this machine: bf16 where the CPU or GPU runs it fast), bf16, fp16, fp32."
+    ),
+]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frame rate of frame folders (videos carry their own).")]
 StrideOpt = Annotated[
     int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from callm.ae.budget import BASE_FRAMES, BASE_STEPS
 from callm.cli.common import (
     DeviceOpt,
     DtypeOpt,
@@ -28,7 +30,7 @@ from callm.cli.common import (
 )
 from callm.console import FrameBar, ScanBars, console, err_console, make_progress
 from callm.errors import CallmError
-from callm.video import find_videos, is_frame_folder
+from callm.video import WINDOW, find_videos, is_frame_folder
 
 if TYPE_CHECKING:
     from callm.cascade import Stage1Recipe, Stage2
@@ -47,21 +49,79 @@ def _recipe(
     return Stage1Recipe(str(weights or default_weights()), options, device, dtype)
 
 
+def _evidence_note(calibration: dict[str, Any]) -> str:
+    """One line on what the threshold rests on, and a warning when that is too little."""
+    from callm.ae.calibrate import ENOUGH_WINDOWS
+
+    evidence = calibration.get("evidence") or {}
+    if not evidence:
+        return f"from {calibration['holdout_frames']} held-out frames"
+    interval = evidence.get("threshold_interval_90")
+    note = (
+        f"from {evidence['windows']} normal windows of {evidence['videos']} video(s), worth about "
+        f"{evidence['effective_windows']:.0f} independent ones"
+        + (f"; 90% interval {interval[0]:.2f}-{interval[1]:.2f}" if interval else "")
+    )
+    if not evidence.get("enough"):
+        err_console.print(
+            "callm: warning: this threshold rests on little normal footage and is provisional; calibrate on "
+            f"more (at least {ENOUGH_WINDOWS} independent {WINDOW}-frame windows, a few minutes) for a dependable one",
+            markup=False,
+        )
+    return note
+
+
+def _scoring(quantile: float, smooth: float, stride: int, flow_weight: float, error: str, region: float) -> Any:
+    from callm.ae.calibrate import ScoringSettings
+    from callm.ae.score import ERROR_KINDS
+
+    check_quantile(quantile)
+    if error not in ERROR_KINDS:
+        raise CallmError(f"--error must be one of {', '.join(ERROR_KINDS)}, got {error!r}")
+    for name, value in (("--smooth", smooth), ("--flow-weight", flow_weight), ("--region", region)):
+        if not math.isfinite(value) or value < 0:
+            raise CallmError(f"{name} must be a number >= 0, got {value}")
+    if flow_weight > 1 or region > 1:
+        raise CallmError("--flow-weight and --region are shares between 0 and 1")
+    return ScoringSettings(
+        error=error, patch_fraction=region, flow_weight=flow_weight, smooth_sigma=smooth, stride=stride,
+        quantile=quantile,
+    )  # fmt: skip
+
+
 @app.command("train-ae")
 @user_errors
 def train_ae_command(
     data: Annotated[list[Path], typer.Argument(help="Normal footage: videos, frame folders, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write (checkpoints go inside).")],
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    steps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help=f"Training steps of the final model (0 = {BASE_STEPS} for {BASE_FRAMES} frames, growing with the "
+            "square root of the footage's length).",
+        ),
+    ] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    lr: float = 2e-4,
+    lr: float = 1e-3,
     seed: int = 0,
-    size: Annotated[int, typer.Option(help="Model input height and width.")] = 256,
-    widths: Annotated[str, typer.Option(help="Encoder channel widths, comma-separated.")] = "32,64,128,128",
-    crop: Annotated[int, typer.Option(help="Train on crops of this side (0 = whole frames).")] = 64,
-    holdout: Annotated[float, typer.Option(help="Share of videos held out to calibrate the gate.")] = 0.15,
-    quantile: Annotated[float, typer.Option(help="Share of held-out normal frames below the threshold.")] = 0.99,
-    smooth: Annotated[float, typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames).")] = 7.0,
+    size: Annotated[int, typer.Option(help="Model input height; the width follows the footage's aspect.")] = 128,
+    widths: Annotated[str, typer.Option(help="Encoder channel widths, comma-separated.")] = "16,32,64,64",
+    crop: Annotated[int, typer.Option(help="Train on crops of this side (0 = whole frames).", min=0)] = 64,
+    folds: Annotated[
+        int, typer.Option(help="Cross-fitting folds: each part of the footage is scored by a model not trained on it.")
+    ] = 2,
+    quantile: Annotated[float, typer.Option(help="Share of normal 16-frame windows below the threshold.")] = 0.99,
+    smooth: Annotated[float, typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames).")] = 2.0,
+    flow_weight: Annotated[
+        float, typer.Option(help="Share of the optical-flow speed signal in the score (0 = the autoencoder alone).")
+    ] = 0.5,
+    error: Annotated[
+        str, typer.Option(help="Autoencoder error: 'motion' (of frame differences) or 'frame' (pixels, the paper's).")
+    ] = "motion",
+    region: Annotated[
+        float, typer.Option(help="Side of the scored error regions as a share of the height (0 = whole frame).")
+    ] = 0.125,
     calibration_stride: Annotated[
         int,
         typer.Option(
@@ -72,43 +132,34 @@ def train_ae_command(
         ),
     ] = 8,
     resume: Annotated[
-        bool, typer.Option(help="Continue from OUT/checkpoint (a finished run is only calibrated again).")
+        bool, typer.Option(help="Continue from OUT/checkpoint (finished models are only scored again).")
     ] = False,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
-    """Train the stage-1 autoencoder on normal footage and calibrate its gate."""
-    from callm.ae.model import AEConfig
-    from callm.ae.train import ScoringSettings, TrainSettings, train_ae
+    """Train the stage-1 autoencoder on normal footage and calibrate its gate by cross-fitting."""
+    from callm.ae.train import TrainSettings, train_ae
     from callm.device import parse_dtype, pick_device
 
     try:
         width_list = tuple(int(w) for w in widths.split(","))
     except ValueError:
         raise CallmError(f"--widths must be comma-separated integers, got {widths!r}") from None
-    config = AEConfig(height=size, width=size, widths=width_list)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, crop=crop)
-    scoring = ScoringSettings(quantile=quantile, smooth_sigma=smooth, stride=calibration_stride)
+    if not math.isfinite(lr) or lr <= 0:
+        raise CallmError(f"--lr must be a positive number, got {lr}")
+    scoring = _scoring(quantile, smooth, calibration_stride, flow_weight, error, region)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, crop=crop, folds=folds)
+    torch_device = pick_device(device)
     with make_progress() as progress:
         weights = train_ae(
-            data,
-            out,
-            config,
-            settings,
-            scoring,
-            pick_device(device),
-            parse_dtype(dtype),
-            fps,
-            holdout=holdout,
-            resume=resume,
-            progress=progress,
-        )
-    cal = weights.calibration
+            data, out, size, width_list, settings, scoring, torch_device, parse_dtype(dtype, torch_device), fps,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+    cal, training = weights.calibration, weights.training
     console.print(
-        f"saved {out}: final loss {weights.training['epoch_losses'][-1]:.5f}, "
-        f"{weights.training['train_seconds']:.0f} s training; threshold {cal['threshold']:.3f} "
-        f"from {cal['holdout_frames']} held-out frames"
+        f"saved {out}: final loss {training['chunk_losses'][-1]:.5f} after {training['steps']} steps, "
+        f"{training['wall_seconds']:.0f} s in all; threshold {cal['threshold']:.3f} {_evidence_note(cal)}"
     )
 
 
@@ -124,11 +175,11 @@ def calibrate(
         int | None,
         typer.Option("--stride", help="Scoring stride to calibrate at (default: the weights' own).", min=1, max=16),
     ] = None,
-    quantile: Annotated[float, typer.Option(help="Share of the normal frames below the threshold.")] = 0.99,
+    quantile: Annotated[float, typer.Option(help="Share of normal 16-frame windows below the threshold.")] = 0.99,
     smooth: Annotated[float | None, typer.Option(help="Gaussian sigma in frames (default: the weights' own).")] = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Fit a trained model's gate to a new site's normal footage (no training): a new threshold and score scale."""
     from callm.ae.calibrate import Calibration
@@ -138,9 +189,12 @@ def calibrate(
     from callm.video import Video
 
     check_quantile(quantile)
+    if smooth is not None and (not math.isfinite(smooth) or smooth < 0):
+        raise CallmError(f"--smooth must be a number >= 0, got {smooth}")
     model = load(weights or default_weights())
     current = Calibration.from_dict(model.calibration)
     videos = [Video(path, folder_fps=fps) for path in find_videos(data)]
+    torch_device = pick_device(device)
     with make_progress() as progress:
         calibrated = recalibrate(
             model,
@@ -148,15 +202,15 @@ def calibrate(
             calibration_stride or current.stride,
             current.smooth_sigma if smooth is None else smooth,
             quantile,
-            pick_device(device),
-            parse_dtype(dtype),
+            torch_device,
+            parse_dtype(dtype, torch_device),
             progress,
         )
     save(calibrated, out)
     cal = calibrated.calibration
     console.print(
         f"saved {out}: threshold {cal['threshold']:.3f} (was {current.threshold:.3f}) at stride {cal['stride']}, "
-        f"from {cal['holdout_frames']} frames of {len(videos)} video(s)"
+        f"{_evidence_note(cal)}"
     )
 
 
@@ -190,7 +244,7 @@ def detect(
     max_gap: Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")] = 10,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
     explain: Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")] = False,
     explainer: Annotated[
         str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
@@ -277,7 +331,10 @@ def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str, adapto
     from callm.vador.weights import load as load_vador
 
     weights = load_vador(vador)
-    encoder = encoder_for(weights.features, pick_device(device), parse_dtype(dtype), ae_weights=ae_weights, vlm=config)
+    torch_device = pick_device(device)
+    encoder = encoder_for(
+        weights.features, torch_device, parse_dtype(dtype, torch_device), ae_weights=ae_weights, vlm=config
+    )
     if adaptor is None:
         return VADorDetector(encoder, weights)
     from callm.vador.adaptor import AdaptorLLM
@@ -336,7 +393,7 @@ def eval_command(
     threshold: ThresholdOpt = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Frame-level ROC AUC of stage 1 on a labelled test set."""
     from callm.evaluate import evaluate

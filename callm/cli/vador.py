@@ -88,7 +88,7 @@ def features(
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder call.")] = 8,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "bf16",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Clip features (one row per 16-frame clip) for the VADor, one .npy per video plus index.json."""
     from callm.vador.features import (
@@ -107,8 +107,9 @@ def features(
         from callm.device import parse_dtype, pick_device
 
         pool = _choice(pooling, POOLINGS, "--pooling")
+        torch_device = pick_device(device)
         clip_encoder = AEClipEncoder.from_weights(
-            weights or default_weights(), pick_device(device), parse_dtype(dtype), pool
+            weights or default_weights(), torch_device, parse_dtype(dtype, torch_device), pool
         )
     else:
         if vlm is None:

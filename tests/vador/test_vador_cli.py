@@ -82,7 +82,7 @@ def test_features_index_layout(train_features: Path, train_data: Path, weights_d
     index = json.loads((train_features / "index.json").read_text())
     assert index["kind"] == "callm-features" and index["clip_frames"] == 16
     assert index["encoder"]["kind"] == "ae" and index["encoder"]["pooling"] == "avgmax"
-    assert index["encoder"]["size"] == [32, 32] and len(index["encoder"]["weights_sha1"]) == 40
+    assert index["encoder"]["size"] == [32, 44] and len(index["encoder"]["weights_sha1"]) == 40
     assert index["encoder_source"]["weights"] == str(weights_dir.resolve())
     assert index["dim"] == 16  # the tiny AE's 8 bottleneck channels, average and maximum
     by_key = {v["key"]: v for v in index["videos"]}

@@ -15,7 +15,7 @@ from callm.cli import app
 from callm.vlm.explain import Explainer
 
 # A threshold below the intruder's peak, and no merging: several events, so counting means something.
-MANY_EVENTS = ["--threshold", "2", "--max-gap", "0", "--min-event", "1", "--device", "cpu", "--dtype", "fp32"]
+MANY_EVENTS = ["--threshold", "20", "--max-gap", "0", "--min-event", "1", "--device", "cpu", "--dtype", "fp32"]
 
 
 def detect(runner, clip: Path, weights_dir: Path, out: Path, *extra: str):
