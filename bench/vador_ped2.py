@@ -1,6 +1,6 @@
 """VAD-LLaMA's VADor on UCSD Ped2 with stage-1 (`ae`) features: Table 3 and the attention normalisations.
 
-    python bench/vador_ped2.py [--weights weights/ped2] [--data ../shared/datasets/ped2] [--seeds 5]
+    python bench/vador_ped2.py [--weights weights/ped2-vador/encoder] [--data ../shared/datasets/ped2] [--seeds 5]
 
 Weakly supervised split (the common re-split of Ped2, whose training videos are all normal): part of the test
 videos join the normal training videos with only a video-level label (abnormal; every Ped2 test video holds an
@@ -80,7 +80,7 @@ def summary(rows: list[AblationRow], baseline: list[AblationRow]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2")
+    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2-vador" / "encoder")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
     parser.add_argument("--cache", type=Path, help="features folder (default: a temp folder per weights)")
     parser.add_argument("--seeds", type=int, default=5)

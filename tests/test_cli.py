@@ -347,3 +347,39 @@ def test_console_script_prints_one_line_and_no_traceback(weights_dir: Path, tmp_
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"callm: error: {video}: ") and message in lines[0]
+
+
+def test_calibrate_on_little_footage_says_so(
+    runner: CliRunner, weights_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """A minute of footage gives a threshold, flagged provisional in ae.json and on stderr; a few seconds none."""
+    out = tmp_path / "site"
+    result = runner.invoke(app, ["calibrate", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--out", str(out),
+                                 "--stride", "16", *DETECT_ARGS])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "rests on little normal footage and is provisional" in result.stderr
+    evidence = json.loads((out / META_FILE).read_text())["calibration"]["evidence"]
+    assert evidence["enough"] is False and evidence["windows"] == 4
+    short = write_video(tmp_path / "short.avi", make_frames(20, seed=3))
+    result = runner.invoke(app, ["calibrate", str(short), "-w", str(weights_dir), "--out", str(tmp_path / "x"),
+                                 *DETECT_ARGS])  # fmt: skip
+    assert_user_error(result, "too little normal footage to set a threshold")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--smooth", "-1"], "--smooth must be a number >= 0"),
+        (["--flow-weight", "2"], "--flow-weight and --region are shares between 0 and 1"),
+        (["--error", "pixels"], "--error must be one of frame, motion"),
+        (["--quantile", "2"], "--quantile must be between 0 and 1"),
+        (["--folds", "1"], "--folds must be at least 2"),
+    ],
+)
+def test_train_ae_checks_its_options_before_training(
+    runner: CliRunner, train_dir: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    args = ["train-ae", str(train_dir), "--out", str(tmp_path / "w"), "--size", "32", "--widths", "4,8", *extra]
+    assert_user_error(runner.invoke(app, [*args, *DETECT_ARGS]), message)
+    assert not (tmp_path / "w" / "frame-cache").exists()  # refused before any decoding

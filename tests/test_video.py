@@ -11,7 +11,7 @@ import pytest
 from synthetic import make_frames, write_frame_folder, write_video
 
 from callm.errors import CallmError
-from callm.video import WINDOW, Video, find_videos, iter_windows, natural_key
+from callm.video import WINDOW, Video, find_videos, iter_windows, natural_key, prefetch
 
 
 def numbered_frames(n: int) -> list[np.ndarray]:
@@ -232,3 +232,52 @@ def test_scoring_a_long_video_holds_a_few_windows_of_frames_not_the_video(weight
         tracemalloc.stop()
         assert detection.num_frames == n
     assert (peaks[600] - peaks[120]) / 480 < 600, peaks
+
+
+# --- prefetch: decoding and flow on their own thread --------------------------------------------------------
+
+
+def test_prefetch_keeps_order_and_runs_ahead_on_another_thread() -> None:
+    import threading
+
+    producers: set[str] = set()
+
+    def numbers():
+        for i in range(50):
+            producers.add(threading.current_thread().name)
+            yield i
+
+    assert list(prefetch(numbers(), depth=4)) == list(range(50))
+    assert producers == {"callm-prefetch"}
+
+
+def test_prefetch_raises_the_producers_error_here() -> None:
+    def failing():
+        yield 1
+        raise CallmError("frame 2 is damaged")
+
+    stream = prefetch(failing(), depth=2)
+    assert next(stream) == 1
+    with pytest.raises(CallmError, match="frame 2 is damaged"):
+        next(stream)
+
+
+def test_prefetch_stopped_early_stops_and_closes_the_producer() -> None:
+    import threading
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    stream = prefetch(endless(), depth=3)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()  # the consumer stops: the producer must not run on, nor keep its source open
+    assert closed.wait(2.0)
+    assert not any(t.name == "callm-prefetch" for t in threading.enumerate())

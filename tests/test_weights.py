@@ -131,3 +131,48 @@ def test_config_that_cannot_be_built(saved) -> None:
     edit_config(folder, height=30)
     with pytest.raises(CallmError, match="must divide"):
         load(folder)
+
+
+# --- weights from before the optical-flow signal ---------------------------------------------------------------
+
+VERSION_1 = {
+    "error": "motion", "patch": 8, "top_k": 8, "smooth_sigma": 7.0, "stride": 8, "psnr_center": 30.0,
+    "psnr_scale": 0.5, "threshold": 1.87, "quantile": 0.99, "holdout_frames": 300, "holdout_videos": ["15", "16"],
+}  # fmt: skip
+
+
+def test_version_1_weights_detect_as_they_always_did(saved, clip_dir: Path) -> None:
+    """An ``ae.json`` written before the flow signal and the window threshold: it loads, computes no flow, and
+    scores each frame as then: PSNR smoothed, in spreads below its calibrated centre."""
+    import numpy as np
+
+    from callm.ae.calibrate import smooth_curve
+    from callm.cascade import DetectOptions, Stage1
+
+    folder, model = saved
+    save(AEWeights(model, calibration=VERSION_1), folder)
+    stage1 = Stage1(load(folder), DetectOptions(), torch.device("cpu"), torch.float32)
+    assert stage1.scorer.flow == "off"
+    detection = stage1.detect(clip_dir / "intruder.avi")
+    assert detection.speed is None and "speed" not in detection.to_dict()
+    assert np.allclose(detection.scores, (30.0 - smooth_curve(detection.psnr, 7.0)) / 0.5)
+    assert detection.threshold == 1.87 and detection.settings["stride"] == 8
+
+
+def test_flow_weights_score_both_signals(weights_dir: Path, clip_dir: Path) -> None:
+    import numpy as np
+
+    from callm.ae.calibrate import Calibration
+    from callm.cascade import DetectOptions, Stage1
+
+    weights = load(weights_dir)
+    calibration = Calibration.from_dict(weights.calibration)
+    assert calibration.uses_flow and calibration.version == 2
+    detection = Stage1(weights, DetectOptions(), torch.device("cpu"), torch.float32).detect(clip_dir / "intruder.avi")
+    assert detection.speed is not None and len(detection.speed) == detection.num_frames
+    assert np.allclose(detection.scores, calibration.calibrated(detection.psnr, detection.speed))
+    data = detection.to_dict()
+    assert len(data["speed"]) == data["num_frames"] and data["settings"]["flow_weight"] == calibration.flow_weight
+    # The racing intruder is the fastest thing in the clip: its frames have the highest flow signal.
+    intruder = slice(24, 44)
+    assert detection.speed[intruder].mean() > detection.speed[:20].max()

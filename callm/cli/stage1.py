@@ -148,6 +148,10 @@ def train_ae_command(
         raise CallmError(f"--widths must be comma-separated integers, got {widths!r}") from None
     if not math.isfinite(lr) or lr <= 0:
         raise CallmError(f"--lr must be a positive number, got {lr}")
+    if folds < 2:
+        raise CallmError(
+            f"--folds must be at least 2 (a model must never score the footage it trained on), got {folds}"
+        )
     scoring = _scoring(quantile, smooth, calibration_stride, flow_weight, error, region)
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, crop=crop, folds=folds)
     torch_device = pick_device(device)
@@ -323,17 +327,18 @@ def detect(
 
 
 def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str, adaptor: Path | None, config: Any) -> Any:
-    """The VADor path: its encoder (from stage 1's weights, or the stage-2 ``config`` for videollama features), and
-    with ``adaptor`` the LLM ``config`` names to answer."""
+    """The VADor path: its encoder (the one the VADor folder carries, else stage 1's weights; the stage-2
+    ``config`` for videollama features), and with ``adaptor`` the LLM ``config`` names to answer."""
     from callm.device import parse_dtype, pick_device
     from callm.vador.features import encoder_for
     from callm.vador.online import VADorDetector
     from callm.vador.weights import load as load_vador
+    from callm.vador.weights import own_encoder
 
     weights = load_vador(vador)
     torch_device = pick_device(device)
     encoder = encoder_for(
-        weights.features, torch_device, parse_dtype(dtype, torch_device), ae_weights=ae_weights, vlm=config
+        weights.features, torch_device, parse_dtype(dtype, torch_device), own_encoder(vador) or ae_weights, config
     )
     if adaptor is None:
         return VADorDetector(encoder, weights)

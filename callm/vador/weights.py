@@ -17,6 +17,16 @@ from callm.weights_folder import WeightsFolder
 FOLDER = WeightsFolder("callm-vador", "VADor weights", "vador.safetensors", "vador.json", "callm train-vador")
 # An uncalibrated VADor calls a clip abnormal when its predictor says so more likely than not.
 DECISION_LINE = 0.5
+# A VADor folder may carry the stage-1 encoder its ``ae`` features came from, so it keeps working when the
+# stage-1 model beside it is retrained (the shipped one does: its encoder is the first shipped autoencoder).
+ENCODER_DIR = "encoder"
+
+
+def own_encoder(path: str | Path) -> Path | None:
+    """The encoder weights folder inside a VADor folder, if it has one."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    candidate = folder / ENCODER_DIR
+    return candidate if (candidate / "ae.json").is_file() else None
 
 
 @dataclass
