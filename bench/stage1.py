@@ -124,6 +124,11 @@ def main() -> None:
             half: dict(zip(("frame_auc", "frame_auc_raw"), aucs(calibration, detections, labels, idx), strict=True))
             for half, idx in {**HALVES, "all 12": everything}.items()
         }
+        # What each signal gives alone, at the default smoothing (all 12 videos: a description, not a selection).
+        alone = {
+            name: aucs(replace(calibration, flow_weight=w), detections, labels, everything)[0]
+            for name, w in (("autoencoder", 0.0), ("flow", 1.0))
+        }
         coverage = gate_coverage(detections, labels)
         protocol = held_out(calibration, detections, labels)
         results["strides"][stride] = {
@@ -133,6 +138,7 @@ def main() -> None:
             "abnormal_frames_in_gated_windows": coverage.anomalous_in_gated,
             "normal_frames_in_gated_windows": coverage.normal_in_gated,
             "frames_per_second": speed,
+            "signals_alone_all_12": alone,
             "threshold": calibration.threshold,
         }
         print(f"\nstride {stride}:")
@@ -152,6 +158,7 @@ def main() -> None:
             )
             + "; ".join(f"{h} {v['frame_auc']:.4f} (raw {v['frame_auc_raw']:.4f})" for h, v in defaults.items())
         )
+        print("  each signal alone, all 12: " + ", ".join(f"{k} {v:.4f}" for k, v in alone.items()))
         print(
             f"  gate at the automatic threshold {calibration.threshold:.2f}: "
             f"{100 * coverage.anomalous_in_gated:.1f}% of abnormal test frames in gated windows (goal >= 95%), "

@@ -23,7 +23,15 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "ped2"
+
+def shipped(name: str) -> Path:
+    """A shipped weights folder: inside the installed package (``callm/shipped``, where the wheel puts the
+    repository's ``weights/``), or in the repository itself for a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for root in (package / "shipped", package.parent / "weights"):
+        if (root / name).is_dir():
+            return root / name
+    raise CallmError(f"the shipped weights {name!r} are not installed; pass --weights")
 
 
 def user_errors(func: F) -> F:
@@ -45,7 +53,7 @@ def user_errors(func: F) -> F:
 
 def default_weights() -> Path:
     env = os.environ.get("CALLM_WEIGHTS")
-    return Path(env) if env else SHIPPED_WEIGHTS
+    return Path(env) if env else shipped("ped2")
 
 
 WeightsOpt = Annotated[
