@@ -293,8 +293,8 @@ def eval_vlm(
         table.add_row(
             Path(row["video"]).name,
             "abnormal" if row["abnormal"] else "normal",
-            row["verdict"] + ("" if row["verdict_explicit"] else " (no yes/no)"),
-            "yes" if row["correct"] else "no",
+            row["verdict"],
+            {True: "yes", False: "no", None: "-"}[row["correct"]],
             row["answer"],
         )
     console.print(table)
@@ -306,7 +306,8 @@ def eval_vlm(
         f"accuracy {share(result['accuracy'])} ({result['correct']} of {result['videos']} videos); abnormal videos "
         f"{share(result['abnormal_accuracy'])} of {result['abnormal_videos']}, normal videos "
         f"{share(result['normal_accuracy'])} of {result['normal_videos']}; "
-        f"{result['answers_without_yes_or_no']} answer(s) without yes or no",
+        f"{result['unanswered']} unanswered (no yes or no; counted as not right); "
+        f"accuracy of the answered {share(result['accuracy_of_answered'])}",
         markup=False,
     )
     if json_out is not None:

@@ -1,7 +1,8 @@
 """`callm eval-vlm`: video-level accuracy of stage 2's yes/no answers on a labelled set (CALLM's Table II metric).
 
 Each video is shown to the model whole (``frames`` sampled uniformly over it, as Video-LLaMA samples a video) with
-one question; the first yes or no of the answer is its verdict, compared with the video's label. Running it on
+one question; the first yes or no of the answer is its verdict, compared with the video's label; an answer with
+neither is "unanswered", counted apart and never as right. Running it on
 the zero-shot and on the fine-tuned config measures what fine-tuning bought.
 """
 
@@ -22,6 +23,7 @@ from callm.vlm.explain import Explainer
 from callm.vlm.frames import iter_clips, sample_indices
 
 LABEL_WORDS = {"0": False, "normal": False, "1": True, "abnormal": True}
+UNANSWERED = "unanswered"
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,14 @@ def evaluate_vlm(
         indices = sample_indices(video.info.num_frames, explainer.config.frames)
         [(_, frames)] = list(iter_clips(video, [indices]))
         answer = explainer.explain_sampled(frames, [i / video.info.fps for i in indices], question=question)
-        predicted = answer.verdict == "anomaly"
+        # An answer without yes or no answers nothing: it is neither right nor wrong, and is counted apart.
+        verdict = answer.verdict if answer.explicit else UNANSWERED
         rows.append(
             {
                 "video": str(labelled.path),
                 "abnormal": labelled.abnormal,
-                "verdict": answer.verdict,
-                "verdict_explicit": answer.explicit,
-                "correct": predicted == labelled.abnormal,
+                "verdict": verdict,
+                "correct": None if verdict == UNANSWERED else (verdict == "anomaly") == labelled.abnormal,
                 "answer": answer.text,
             }
         )
@@ -92,19 +94,25 @@ def evaluate_vlm(
             progress.update(task, advance=1)
 
     def accuracy(subset: list[dict[str, Any]]) -> float | None:
-        return sum(r["correct"] for r in subset) / len(subset) if subset else None
+        """Right answers among all the videos: an unanswered one counts against, as a wrong one does."""
+        return sum(r["correct"] is True for r in subset) / len(subset) if subset else None
+
+    def answered_accuracy(subset: list[dict[str, Any]]) -> float | None:
+        answered = [r for r in subset if r["correct"] is not None]
+        return sum(r["correct"] for r in answered) / len(answered) if answered else None
 
     abnormal = [r for r in rows if r["abnormal"]]
     normal = [r for r in rows if not r["abnormal"]]
     return {
         "accuracy": accuracy(rows),
         "videos": len(rows),
-        "correct": sum(r["correct"] for r in rows),
+        "correct": sum(r["correct"] is True for r in rows),
+        "unanswered": sum(r["correct"] is None for r in rows),
+        "accuracy_of_answered": answered_accuracy(rows),
         "abnormal_videos": len(abnormal),
         "abnormal_accuracy": accuracy(abnormal),
         "normal_videos": len(normal),
         "normal_accuracy": accuracy(normal),
-        "answers_without_yes_or_no": sum(not r["verdict_explicit"] for r in rows),
         "question": question or explainer.config.question,
         "video_llama": explainer.config.video_llama,
         "llm": explainer.config.llm,

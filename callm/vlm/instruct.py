@@ -20,6 +20,7 @@ import csv
 import functools
 import math
 import os
+import re
 import string
 import sys
 import tomllib
@@ -59,6 +60,10 @@ def answer_style(name: str) -> AnswerStyle:
     raise CallmError(f"answers must be one of {', '.join(ANSWER_STYLES)}, got {name!r}")
 
 
+# "normal" not preceded by "ab": a question about normality, whose "yes" would mean the opposite of the others'.
+ASKS_IF_NORMAL = re.compile(r"(?<!ab)normal\b", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class InstructTemplates:
     questions: tuple[str, ...]
@@ -77,6 +82,12 @@ def read_templates(path: str | Path | None = None) -> InstructTemplates:
     questions, answers = data.get("questions"), data.get("answers")
     if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q for q in questions):
         raise CallmError(f"{source}: `questions` must be a list of one or more non-empty strings")
+    for question in questions:
+        if ASKS_IF_NORMAL.search(question):
+            raise CallmError(
+                f"{source}: the question {question!r} asks whether something is normal; every question must ask "
+                "whether something is abnormal, so that yes always means an anomaly"
+            )
     if not isinstance(answers, dict) or sorted(answers) != sorted(ANSWER_NAMES):
         raise CallmError(f"{source}: [answers] must hold exactly {', '.join(ANSWER_NAMES)}")
     for name, text in answers.items():

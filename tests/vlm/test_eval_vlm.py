@@ -41,9 +41,12 @@ def test_accuracy_on_a_labelled_dataset(runner, dataset: Path, lavis_config: Pat
         ("01", False), ("02", True), ("03", True), ("04", False)
     ]  # fmt: skip
     for row in rows:
-        assert row["correct"] == ((row["verdict"] == "anomaly") == row["abnormal"])
+        if row["verdict"] == "unanswered":
+            assert row["correct"] is None
+        else:
+            assert row["correct"] == ((row["verdict"] == "anomaly") == row["abnormal"])
         assert isinstance(row["answer"], str)
-    assert result["accuracy"] == result["correct"] / 4 == sum(r["correct"] for r in rows) / 4
+    assert result["accuracy"] == result["correct"] / 4 == sum(r["correct"] is True for r in rows) / 4
     assert result["videos"] == 4 and result["abnormal_videos"] == 2 and result["normal_videos"] == 2
     assert result["question"].startswith("Is anything abnormal")
 
@@ -77,3 +80,15 @@ def test_a_video_list(runner, dataset: Path, lavis_config: Path, tmp_path: Path)
     args = ["eval-vlm", str(listing), "--vlm", str(lavis_config)]
     assert_user_error(runner.invoke(app, args), "line 1: expected 'VIDEO LABEL'")
     assert_user_error(runner.invoke(app, [*args, "--labels", "x.npy"]), "--labels goes with a dataset root")
+
+
+def test_answers_without_yes_or_no_are_unanswered_not_anomalies(
+    runner, dataset: Path, lavis_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that never says yes or no must not score 100% on abnormal videos."""
+    monkeypatch.setattr(VideoLLM, "answer", lambda self, pixel_values, prompt, options: "People are walking.")
+    result = run(runner, dataset, lavis_config, tmp_path / "r.json")
+    assert result["unanswered"] == 4 and result["correct"] == 0
+    assert (result["accuracy"], result["abnormal_accuracy"], result["normal_accuracy"]) == (0.0, 0.0, 0.0)
+    assert result["accuracy_of_answered"] is None
+    assert {r["verdict"] for r in result["per_video"]} == {"unanswered"}

@@ -15,6 +15,7 @@ from synthetic import make_frames, write_frame_folder
 from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.cli import app
+from callm.errors import CallmError
 from callm.files import append_jsonl
 from callm.vlm.caption import CaptionItem
 from callm.vlm.instruct import as_sentence, format_seconds, read_templates, time_ranges_text, timed_answer
@@ -193,3 +194,13 @@ def test_time_text_helpers() -> None:
 def test_the_shipped_templates_ask_first_what_detect_asks() -> None:
     assert TEMPLATES.questions[0] == DEFAULT_QUESTION
     assert len(TEMPLATES.questions) > 1
+
+
+def test_every_question_asks_whether_something_is_abnormal(tmp_path: Path) -> None:
+    """Yes must mean an anomaly in every question: the shipped set, and a set that asks "is it normal?" is refused."""
+    assert all(any(w in q for w in ("abnormal", "anomal", "unusual", "out of place")) for q in TEMPLATES.questions)
+    inverted = tmp_path / "t.toml"
+    answers = "\n".join(f'{k} = "{v}"' for k, v in TEMPLATES.answers.items())
+    inverted.write_text(f'questions = ["Is this normal? Answer yes if something is abnormal."]\n[answers]\n{answers}\n')
+    with pytest.raises(CallmError, match="asks whether something is normal"):
+        read_templates(inverted)
