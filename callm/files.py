@@ -5,6 +5,7 @@ Append-only JSON-lines files (resumable outputs) get the same guarantee line by 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -104,3 +105,12 @@ def append_jsonl(path: str | Path) -> Iterator[Callable[[Any], None]]:
             os.fsync(fh.fileno())
 
         yield append
+
+
+def file_sha1(path: str | Path) -> str:
+    """SHA-1 of a file's bytes, read in blocks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,19 +8,28 @@ Layout of a run folder::
     RUN_DIR/summary.csv            the same as a table
     RUN_DIR/report.html            the page people look at (see callm.report.html)
 
+    RUN_DIR/run.json               the settings that change a result (weights, threshold, stride, explainers)
+    RUN_DIR/scan.lock              held by the scan writing to the folder
+
 Only the main process writes to the run folder, one video at a time and atomically, so workers (local or on
-other machines) only compute. A video is done when its summary line exists; the line is written last, so a
-video interrupted anywhere before is simply scanned again.
+other machines) only compute. A video is done when its summary line exists and its JSON reads back; the line is
+written last, so a video interrupted anywhere before (or whose JSON was since deleted or damaged) is simply
+scanned again. A rerun with other settings is refused: its results would sit beside results of the old ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -31,7 +40,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import cv2
 
 from callm.errors import CallmError
-from callm.files import append_jsonl, read_jsonl, write_atomic, write_json_atomic, write_text_atomic
+from callm.files import (
+    append_jsonl,
+    file_sha1,
+    read_json,
+    read_jsonl,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from callm.video import Video, find_videos
 
 if TYPE_CHECKING:
@@ -40,6 +57,8 @@ if TYPE_CHECKING:
 Engine = Literal["local", "ray"]
 ExplainStep = Callable[["Detection"], None]  # adds its findings to a stage-1 detection
 SUMMARY = "summary.jsonl"
+RUN_FILE = "run.json"
+LOCK_FILE = "scan.lock"
 SUMMARY_CSV = "summary.csv"
 VIDEOS_DIR = "videos"
 THUMBS_DIR = "thumbs"
@@ -118,13 +137,13 @@ class RunFolder:
             raise CallmError(f"{root}: exists and is not a folder")
         (root / VIDEOS_DIR).mkdir(parents=True, exist_ok=True)
         (root / THUMBS_DIR).mkdir(exist_ok=True)
-        self.records = self._read_summary()
+        self.records = self.read_summary()
 
     @property
     def summary_path(self) -> Path:
         return self.root / SUMMARY
 
-    def _read_summary(self) -> dict[str, dict[str, Any]]:
+    def read_summary(self) -> dict[str, dict[str, Any]]:
         """Records by key; a line cut by a kill is dropped by ``read_jsonl``, so its video is simply redone."""
         records = read_jsonl(self.summary_path)
         if not all(isinstance(r, dict) and "key" in r and "status" in r for r in records):
@@ -133,7 +152,60 @@ class RunFolder:
 
     def is_done(self, key: str, retry_errors: bool) -> bool:
         record = self.records.get(key)
-        return record is not None and not (retry_errors and record["status"] == "error")
+        if record is None or (retry_errors and record["status"] == "error"):
+            return False
+        return record["status"] == "error" or self.result(record) is not None
+
+    def result(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """A done video's JSON, or None when it was deleted or damaged since (the video is then scanned again)."""
+        try:
+            data = read_json(self.root / record["json"])
+        except (CallmError, KeyError, TypeError):
+            return None
+        fields = ("scores", "events", "threshold")
+        return data if isinstance(data, dict) and all(f in data for f in fields) else None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one scan; a second one is told who holds it. The lock dies with its process."""
+        with open(self.root / LOCK_FILE, "a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise CallmError(
+                    f"{self.root}: another scan is writing to this folder ({holder}); wait for it to end or use "
+                    "another --out"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to add results made with other settings than the folder's; record them for a new folder."""
+        path = self.root / RUN_FILE
+        stored: Any = None
+        if path.is_file():
+            try:
+                stored = read_json(path)
+            except CallmError:
+                stored = None
+        if self.records and stored != settings:
+            if not isinstance(stored, dict):
+                why = f"its {RUN_FILE} is missing or damaged, so the settings of its results are unknown"
+            else:
+                names = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+                why = "it was scanned with other " + ", ".join(names)
+            raise CallmError(
+                f"{self.root}: {why}; scan into another --out folder (or delete {SUMMARY} there to rescan everything)"
+            )
+        write_json_atomic(path, settings)
 
     def save(self, result: VideoResult) -> dict[str, Any]:
         """Write a video's JSON and thumbnails, then its summary line (last, so it marks the video done)."""
@@ -209,9 +281,26 @@ def _serial(recipe: Stage1Recipe, todo: Sequence[tuple[Path, str]], on_frames: P
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(recipe: Stage1Recipe, threads: int, queue: Any) -> None:
+def _die_with(parent: int) -> None:
+    """End this worker when the scan that started it is gone, even killed with SIGKILL: an orphaned worker holds
+    a model's memory for nothing. Linux delivers a signal at once; elsewhere a thread notices within a second."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(recipe: Stage1Recipe, threads: int, queue: Any, parent: int) -> None:
     import torch
 
+    _die_with(parent)
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     _WORKER["stage1"] = recipe.build()
@@ -230,11 +319,10 @@ def _processes(
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    manager = context.Manager()
-    queue = manager.Queue()
+    queue = context.Queue()  # a plain queue, not a Manager: a manager's server process would outlive a killed scan
     threads = max(1, (os.cpu_count() or 1) // workers)
     executor = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(recipe, threads, queue)
+        workers, mp_context=context, initializer=_init_worker, initargs=(recipe, threads, queue, os.getpid())
     )
     try:
         pending: set[Future[VideoResult]] = {executor.submit(_scan_in_worker, path, key) for path, key in todo}
@@ -246,7 +334,7 @@ def _processes(
                 yield future.result()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        manager.shutdown()
+        queue.close()
 
 
 _RAY_STAGE1: dict[Stage1Recipe, Stage1] = {}
@@ -302,14 +390,43 @@ def scan(
     retry_errors: bool = False,
     explainers: Sequence[ExplainStep] = (),
     progress: ScanProgress | None = None,
+    explain_settings: dict[str, Any] | None = None,
 ) -> ScanSummary:
     """Scan every video under ``paths`` into ``run_dir``; Ctrl-C stops after saving what is done.
 
     ``explainers`` (stage 2, the VADor path) run here, in the driver, on each video stage 1 scored: they hold
-    large models that should be loaded once, not once per worker."""
+    large models that should be loaded once, not once per worker. ``explain_settings`` names what they are, so a
+    rerun with other explainers is told apart."""
     began = time.perf_counter()
     videos = find_videos(paths)
     folder = RunFolder(run_dir)
+    with folder.lock():
+        folder.records = folder.read_summary()  # what another scan may have added before the lock was ours
+        folder.check_settings(run_settings(recipe, explain_settings or {}))
+        return _scan_locked(videos, folder, recipe, engine, workers, address, retry_errors, explainers, progress, began)
+
+
+def run_settings(recipe: Stage1Recipe, explain_settings: dict[str, Any]) -> dict[str, Any]:
+    """What changes a scan's results: the weights' contents, the detection options, the explainers."""
+    from callm.ae.weights import resolve
+
+    tensors, meta = resolve(recipe.weights)
+    options = recipe.options
+    return {
+        "weights": {"tensors_sha1": file_sha1(tensors), "meta_sha1": file_sha1(meta)},
+        "stride": options.stride,
+        "threshold": options.threshold,
+        "min_event_frames": options.min_event_frames,
+        "max_gap": options.max_gap,
+        "folder_fps": options.folder_fps,
+        "explainers": explain_settings,
+    }
+
+
+def _scan_locked(
+    videos: list[Path], folder: RunFolder, recipe: Stage1Recipe, engine: Engine, workers: int, address: str | None,
+    retry_errors: bool, explainers: Sequence[ExplainStep], progress: ScanProgress | None, began: float,
+) -> ScanSummary:  # fmt: skip
     todo = [(p, k) for p, k in ((p, _safe_key(p)) for p in videos) if not folder.is_done(k, retry_errors)]
     report: ProgressFn = progress.frames if progress is not None else lambda *_: None
     if progress is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_user_error
 from synthetic import make_frames, write_frame_folder, write_video
 
 from callm.cascade import Detection, DetectOptions, Stage1, Stage1Recipe
@@ -222,3 +224,105 @@ def test_report_rebuilds_from_the_run_folder(runner, archive: Path, weights_dir:
     page = (run / "report.html").read_text()
     assert page.count('<tr class="video"') == len(GOOD) and page.count('<tr class="failed"') == len(BAD)
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing to fetch
+
+
+def test_a_rerun_with_other_settings_is_refused(
+    runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]
+) -> None:
+    """Results of another threshold, stride or model must not sit silently beside the old ones."""
+    folder = two_videos(tmp_path)
+    run = tmp_path / "run"
+    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, args).exit_code == 0
+    for extra, named in ((["--threshold", "5"], "threshold"), (["--stride", "4"], "stride")):
+        result = runner.invoke(app, [*args, *extra])
+        assert_user_error(result, "it was scanned with other " + named, "another --out")
+    other = tmp_path / "other-weights"
+    shutil.copytree(weights_dir, other)
+    meta = json.loads((other / "ae.json").read_text())
+    meta["calibration"]["threshold"] += 1
+    (other / "ae.json").write_text(json.dumps(meta))
+    other_args = ["detect", str(folder), "--out", str(run), "-w", str(other), *SCAN_ARGS]
+    assert_user_error(runner.invoke(app, other_args), "it was scanned with other weights")
+    detect_calls.clear()
+    assert runner.invoke(app, args).exit_code == 0  # the same settings again: nothing to redo
+    assert detect_calls == []
+
+
+def test_a_deleted_or_damaged_result_is_scanned_again(
+    runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]
+) -> None:
+    folder = two_videos(tmp_path)
+    run = tmp_path / "run"
+    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    assert runner.invoke(app, args).exit_code == 0
+    records = by_name(summary_lines(run))
+    (run / records["a.avi"]["json"]).unlink()
+    (run / records["b.avi"]["json"]).write_text('{"video": "b.avi", "scor')
+    report = runner.invoke(app, ["report", str(run)])  # the report says so instead of failing
+    assert report.exit_code == 0, report.output
+    assert (run / "report.html").read_text().count("result file is missing or damaged") == 2
+    detect_calls.clear()
+    assert runner.invoke(app, args).exit_code == 0
+    assert sorted(detect_calls) == ["a.avi", "b.avi"]
+    lines = summary_lines(run)
+    assert len(lines) == 2 and all(json.loads((run / r["json"]).read_text())["scores"] for r in lines)
+
+
+def test_a_second_scan_into_the_same_folder_is_refused(runner, weights_dir: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    folder = two_videos(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "scan.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on camhost, since 2026-01-01 00:00:00\n")
+        held.flush()
+        args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+        assert_user_error(runner.invoke(app, args), "another scan is writing to this folder", "pid 4242")
+    assert not (run / SUMMARY).exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (dead) parent to be reaped by init."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes through /proc")
+def test_workers_die_with_a_killed_scan(weights_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    for i in range(4):
+        write_video(folder / f"v{i}.avi", make_frames(400, seed=i))
+    command = [sys.executable, "-m", "callm.cli", "detect", str(folder), "--out", str(tmp_path / "run")]
+    command += ["-w", str(weights_dir), *SCAN_ARGS, "--stride", "1", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2 and process.poll() is None:
+        workers = _children(process.pid)
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the scan's workers never started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    assert alive == [], "workers outlived the scan that started them"

@@ -308,7 +308,8 @@ def detect(
         explainers = [_stage2(stage2_config, vlm_calls, fps).explain] if explain else []
         if ltc is not None:
             explainers.append(partial(explain_with_ltc, detector=ltc, folder_fps=fps))
-        _scan(paths, out, recipe, engine, workers, address, retry_errors, explainers)
+        described = _explainers_described(stage2_config if explain else None, vlm_calls, vador, adaptor)
+        _scan(paths, out, recipe, engine, workers, address, retry_errors, explainers, described)
         return
     path = paths[0]
     with make_progress() as progress:
@@ -356,16 +357,36 @@ def _stage2(config: Any, calls: str, fps: float) -> Stage2:
     return Stage2(Explainer.from_config(config), calls, fps)  # type: ignore[arg-type]
 
 
+def _explainers_described(config: Any, calls: str, vador: Path | None, adaptor: Path | None) -> dict[str, Any]:
+    """What the explainers are, for a scan's resume check: another model or config changes every answer."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from callm.files import file_sha1
+
+    described: dict[str, Any] = {}
+    if config is not None:
+        text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+        described["vlm"] = {"config_sha1": hashlib.sha1(text.encode()).hexdigest(), "calls": calls}
+    for name, folder in (("vador", vador), ("adaptor", adaptor)):
+        if folder is not None:
+            described[name] = sorted(file_sha1(p) for p in Path(folder).glob("*.safetensors"))
+    return described
+
+
 def _scan(
     paths: list[Path], out: Path, recipe: Stage1Recipe, engine: str, workers: int, address: str | None,
-    retry_errors: bool, explainers: list[ExplainStep],
+    retry_errors: bool, explainers: list[ExplainStep], described: dict[str, Any],
 ) -> None:  # fmt: skip
     from callm.report import scan_table
     from callm.report.html import build_report
     from callm.scan import scan
 
     with make_progress() as progress:
-        summary = scan(paths, out, recipe, engine, workers, address, retry_errors, explainers, ScanBars(progress))  # type: ignore[arg-type]
+        summary = scan(
+            paths, out, recipe, engine, workers, address, retry_errors, explainers, ScanBars(progress), described,  # type: ignore[arg-type]
+        )  # fmt: skip
     report = build_report(out)
     console.print(scan_table(summary))
     console.print(f"results in {out}/ (summary.jsonl, summary.csv, videos/); report: {report}")

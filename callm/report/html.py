@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +113,7 @@ def _event_figure(run_dir: Path, event: dict[str, Any], thumb: str | None) -> st
     return f'<figure class="event">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
 
 
-def _video_row(run_dir: Path, record: dict[str, Any]) -> str:
-    data = json.loads((run_dir / record["json"]).read_text(encoding="utf-8"))
+def _video_row(run_dir: Path, record: dict[str, Any], data: dict[str, Any]) -> str:
     events = data["events"]
     thumbs = data.get("thumbnails", [])
     ranked = sorted(range(len(events)), key=lambda i: -events[i]["peak_score"])[:MAX_THUMBS]
@@ -142,10 +140,14 @@ def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` from the run folder's JSON files and thumbnails; returns its path."""
     if not (run_dir / SUMMARY).is_file():
         raise CallmError(f"{run_dir}: not a scan folder (no {SUMMARY}); run callm detect FOLDER --out {run_dir}")
-    records = list(RunFolder(run_dir).records.values())
-    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -r["peak_score"])
+    folder = RunFolder(run_dir)
+    records = list(folder.records.values())
+    results = {r["key"]: folder.result(r) for r in records if r["status"] == "ok"}
+    lost = "its result file is missing or damaged; rerun the scan to score it again"
     failed = [r for r in records if r["status"] == "error"]
-    rows = "".join(_video_row(run_dir, r) for r in ok)
+    failed += [{**r, "error": f"{r['path']}: {lost}"} for r in records if r["key"] in results and not results[r["key"]]]
+    ok = sorted((r for r in records if results.get(r["key"])), key=lambda r: -r["peak_score"])
+    rows = "".join(_video_row(run_dir, r, results[r["key"]]) for r in ok)
     failures = "".join(
         f'<tr class="failed"><td class="path">{html.escape(r["path"])}</td>'
         f"<td>{html.escape(r['error'] or '')}</td></tr>"

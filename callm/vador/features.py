@@ -16,7 +16,6 @@ each array and then the index are written atomically after every video.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -34,7 +33,7 @@ from callm.ae.model import ConvAutoencoder3d
 from callm.ae.score import to_model_range
 from callm.device import autocast
 from callm.errors import CallmError
-from callm.files import write_atomic, write_json_atomic
+from callm.files import file_sha1, write_atomic, write_json_atomic
 from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, batched_windows, find_videos, iter_windows
 
 if TYPE_CHECKING:  # stage 2 is imported only when its encoder is asked for
@@ -48,14 +47,6 @@ Pooling = Literal["avgmax", "avg", "max"]
 POOLINGS: tuple[Pooling, ...] = ("avgmax", "avg", "max")
 TokenMode = Literal["mean", "all"]
 TOKEN_MODES: tuple[TokenMode, ...] = ("mean", "all")
-
-
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ClipEncoder(ABC):
