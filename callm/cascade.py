@@ -104,6 +104,7 @@ class Detection:
     vlm_calls: int = 0
     ltc: LTCResult | None = None  # the VAD-LLaMA path's own finding, with --explainer ltc
     speed: np.ndarray | None = None  # per frame, dB: the optical-flow signal, when the weights use it
+    fps_source: str = "container"  # see VideoInfo.fps_source; "assumed" means every time is a guess
 
     @property
     def scores_minmax(self) -> np.ndarray:
@@ -128,6 +129,7 @@ class Detection:
             threshold=float(data["threshold"]),
             psnr=np.asarray(data["psnr"], dtype=np.float64),
             speed=np.asarray(data["speed"], dtype=np.float64) if "speed" in data else None,
+            fps_source=data.get("fps_source", "container"),
             scores=np.asarray(data["scores"], dtype=np.float64),
             events=[Event(**{f.name: event[f.name] for f in fields(Event)}) for event in data["events"]],
             window_starts=window_starts(num_frames),
@@ -148,6 +150,7 @@ class Detection:
         result = {
             "video": self.video,
             "fps": self.fps,
+            "fps_source": self.fps_source,
             "num_frames": self.num_frames,
             "frame_size": list(self.frame_size),
             "threshold": self.threshold,
@@ -215,6 +218,7 @@ class Stage1:
             threshold=self.threshold,
             psnr=frames.psnr,
             speed=frames.speed,
+            fps_source=video.info.fps_source,
             scores=scores,
             events=events,
             window_starts=window_starts(n),

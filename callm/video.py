@@ -29,6 +29,7 @@ FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv", ".ts", ".mts", ".3gp"}
 )
+ASSUMED_FPS = 25.0  # for a video file whose container carries no usable frame rate
 DEFAULT_FOLDER_FPS = 10.0  # UCSD Ped1/Ped2 were recorded at about 10 frames per second
 WINDOW = 16  # frames per clip, as in the CALLM paper
 
@@ -58,6 +59,9 @@ class VideoInfo:
     width: int
     height: int
     is_frame_folder: bool
+    # Where fps came from: "container", "folder" (a frame folder: the --fps given), or "assumed" (a container
+    # without a usable rate: ASSUMED_FPS, which makes every time in the results a guess).
+    fps_source: str = "container"
 
 
 class Video:
@@ -75,7 +79,9 @@ class Video:
                     "pass a video file or a folder of frames"
                 )
             first = self._read_image(self._files[0])
-            self.info = VideoInfo(self.path, folder_fps, len(self._files), first.shape[1], first.shape[0], True)
+            self.info = VideoInfo(
+                self.path, folder_fps, len(self._files), first.shape[1], first.shape[0], True, fps_source="folder"
+            )
         else:
             self._files = []
             self.info = self._probe_file()
@@ -92,9 +98,10 @@ class Video:
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         finally:
             cap.release()
+        source = "container"
         if not np.isfinite(fps) or fps <= 0 or fps > 1000:
-            fps = 25.0  # some containers carry no rate; 25 is the commonest camera rate
-        return VideoInfo(self.path, float(fps), max(count, 0), frame.shape[1], frame.shape[0], False)
+            fps, source = ASSUMED_FPS, "assumed"  # some containers carry no rate; 25 is the commonest camera rate
+        return VideoInfo(self.path, float(fps), max(count, 0), frame.shape[1], frame.shape[0], False, source)
 
     def _read_image(self, file: Path, colour: bool = False) -> np.ndarray:
         image = cv2.imread(str(file), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)

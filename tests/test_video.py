@@ -281,3 +281,38 @@ def test_prefetch_stopped_early_stops_and_closes_the_producer() -> None:
     stream.close()  # the consumer stops: the producer must not run on, nor keep its source open
     assert closed.wait(2.0)
     assert not any(t.name == "callm-prefetch" for t in threading.enumerate())
+
+
+def test_a_video_without_a_frame_rate_says_its_rate_is_assumed(
+    runner, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from callm.cli import app
+
+    path = write_video(tmp_path / "norate.avi", make_frames(40))
+    assert Video(path).info.fps_source == "container" and Video(path).info.fps == 10.0
+    real = cv2.VideoCapture
+
+    class NoRate:
+        """OpenCV's capture of a container that carries no frame rate."""
+
+        def __init__(self, *args):
+            self.capture = real(*args)
+
+        def get(self, prop):
+            return 0.0 if prop == cv2.CAP_PROP_FPS else self.capture.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+    monkeypatch.setattr("callm.video.cv2.VideoCapture", NoRate)
+    assert (Video(path).info.fps, Video(path).info.fps_source) == (25.0, "assumed")
+    out = tmp_path / "d.json"
+    result = runner.invoke(app, ["detect", str(path), "-w", str(weights_dir), "--json", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "no frame rate: 25 fps assumed" in " ".join(result.stdout.split())
+    data = json.loads(out.read_text())
+    assert data["fps"] == 25.0 and data["fps_source"] == "assumed"
+    folder = write_frame_folder(tmp_path / "frames", make_frames(20))
+    assert (Video(folder, folder_fps=7).info.fps, Video(folder).info.fps_source) == (7, "folder")

@@ -56,8 +56,14 @@ def detection_summary(detection: Detection) -> str:
         f"({_clock(duration)} at {detection.fps:g} fps); peak score {detection.scores.max():.2f} "
         f"(threshold {detection.threshold:.2f}); {len(detection.gated_starts)} of "
         f"{len(detection.window_starts)} windows gated for stage 2; "
-        f"{detection.num_frames / detection.seconds:.1f} frames/s" + _stage2_summary(detection)
+        f"{detection.num_frames / detection.seconds:.1f} frames/s" + _stage2_summary(detection) + _fps_note(detection)
     )
+
+
+def _fps_note(detection: Detection) -> str:
+    if detection.fps_source != "assumed":
+        return ""
+    return f"; the video carries no frame rate: {detection.fps:g} fps assumed, so every time is a guess"
 
 
 def _stage2_summary(detection: Detection) -> str:

@@ -129,7 +129,9 @@ def _video_row(run_dir: Path, record: dict[str, Any], data: dict[str, Any]) -> s
     return (
         f'<tr class="video" data-peak="{record["peak_score"]}">'
         f'<td class="path">{html.escape(record["path"])}<br>'
-        f"{_clock(record['duration_s'])} at {record['fps']:g} fps</td>"
+        f"{_clock(record['duration_s'])} at {record['fps']:g} fps"
+        + (" (assumed: the file carries no frame rate)" if data.get("fps_source") == "assumed" else "")
+        + "</td>"
         f"<td>{record['events']}</td><td>{record['peak_score']:.2f}</td>"
         f"<td>{curve_svg(data['scores'], data['threshold'], events)}</td>"
         f'<td><div class="events">{figures}</div>{more}</td></tr>'
