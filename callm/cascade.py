@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -14,13 +15,13 @@ from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration
 from callm.ae.events import Event, find_events, gated_windows, window_starts
-from callm.ae.score import FrameScorer
+from callm.ae.score import FrameScorer, scored_range
 from callm.ae.weights import AEWeights, load
 from callm.device import parse_dtype, pick_device
 from callm.errors import CallmError
 from callm.files import read_json
 from callm.metrics import minmax
-from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video
+from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, check_fps
 
 if TYPE_CHECKING:  # stage 2 and the VADor are imported only by callers that asked for them
     from callm.vador.online import VADorDetector
@@ -40,6 +41,18 @@ class DetectOptions:
     max_gap: int = 10  # below-threshold dips this short do not split an event
     folder_fps: float = DEFAULT_FOLDER_FPS
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        """Every option checked before any video is read: a bad one must not cost a whole scoring pass first."""
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise CallmError(f"--threshold must be a finite number, got {self.threshold}")
+        if self.min_event_frames < 1:
+            raise CallmError(f"--min-event must be at least 1 frame, got {self.min_event_frames}")
+        if self.max_gap < 0:
+            raise CallmError(f"--max-gap must be 0 or more frames, got {self.max_gap}")
+        check_fps(self.folder_fps)
+        if self.stride is not None:
+            scored_range(self.stride)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ bounded deque, so a one-hour video scores in the memory of a few windows.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import re
@@ -64,10 +65,17 @@ class VideoInfo:
     fps_source: str = "container"
 
 
+def check_fps(fps: float) -> float:
+    if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
+        raise CallmError(f"--fps must be a positive number of frames per second, got {fps}")
+    return fps
+
+
 class Video:
     """A video file or a folder of frames, opened and checked, that streams grey frames on demand."""
 
     def __init__(self, path: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> None:
+        check_fps(folder_fps)
         self.path = Path(path)
         if not self.path.exists():
             raise CallmError(f"{self.path}: no such file or directory")
@@ -122,8 +130,15 @@ class Video:
             return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
         if self.info.is_frame_folder:
+            first = (self.info.height, self.info.width)
             for file in self._files:
-                yield convert(self._read_image(file, rgb))
+                image = self._read_image(file, rgb)
+                if image.shape[:2] != first:
+                    raise CallmError(
+                        f"{file}: {image.shape[1]}x{image.shape[0]} pixels, but the folder's first frame is "
+                        f"{first[1]}x{first[0]}; a frame folder holds one video, all its frames one size"
+                    )
+                yield convert(image)
             return
         cap = cv2.VideoCapture(str(self.path))
         decoded = 0

@@ -383,3 +383,49 @@ def test_train_ae_checks_its_options_before_training(
     args = ["train-ae", str(train_dir), "--out", str(tmp_path / "w"), "--size", "32", "--widths", "4,8", *extra]
     assert_user_error(runner.invoke(app, [*args, *DETECT_ARGS]), message)
     assert not (tmp_path / "w" / "frame-cache").exists()  # refused before any decoding
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fps", "0"], "--fps must be a positive number"),
+        (["--fps", "nan"], "--fps must be a positive number"),
+        (["--fps", "-1"], "--fps must be a positive number"),
+        (["--max-gap", "-5"], "--max-gap must be 0 or more"),
+        (["--min-event", "0"], "--min-event must be at least 1"),
+        (["--threshold", "nan"], "--threshold must be a finite number"),
+        (["--threshold", "-inf"], "--threshold must be a finite number"),
+    ],
+)
+def test_detect_refuses_bad_options_before_scoring(
+    runner: CliRunner, weights_dir: Path, clip_dir: Path, extra: list[str], message: str, monkeypatch
+) -> None:
+    from callm.cascade import Stage1
+
+    monkeypatch.setattr(Stage1, "detect", lambda *a, **k: pytest.fail("scored before refusing a bad option"))
+    args = ["detect", str(clip_dir / "normal.avi"), "-w", str(weights_dir), *DETECT_ARGS, *extra]
+    assert_user_error(runner.invoke(app, args), message)
+
+
+def test_outputs_that_cannot_be_written_are_refused_first(
+    runner: CliRunner, weights_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = ["detect", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--json", str(folder), *DETECT_ARGS]
+    assert_user_error(runner.invoke(app, args), "--json", "is a folder")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    args = ["calibrate", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--out", str(a_file), *DETECT_ARGS]
+    assert_user_error(runner.invoke(app, args), "--out", "exists and is not a folder")
+    args = ["eval", str(clip_dir), "-w", str(weights_dir), "--json", str(a_file / "x.json"), *DETECT_ARGS]
+    assert_user_error(runner.invoke(app, args), "a part of the path is a file")
+
+
+def test_a_frame_folder_whose_frame_size_changes_is_refused(
+    runner: CliRunner, weights_dir: Path, tmp_path: Path
+) -> None:
+    folder = write_frame_folder(tmp_path / "mixed", make_frames(30))
+    cv2.imwrite(str(folder / "20.png"), make_frames(1, size=(60, 80))[0])  # one frame of another size
+    args = ["detect", str(folder), "-w", str(weights_dir), *DETECT_ARGS]
+    assert_user_error(runner.invoke(app, args), "20.png: 80x60 pixels, but the folder's first frame is 64x48")

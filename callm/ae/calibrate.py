@@ -61,6 +61,34 @@ _VERSION_1_FIELDS = {
 }  # fmt: skip
 
 
+# What each number of a stored calibration must be: a damaged or hand-edited ae.json is refused on loading, before
+# any video is read, instead of scoring NaN or never firing.
+_NUMBERS = {
+    "patch": "count", "top_k": "positive count", "smooth_sigma": "non-negative", "stride": "positive count",
+    "psnr_center": "finite", "psnr_scale": "positive", "threshold": "finite", "quantile": "share",
+    "holdout_frames": "count", "flow_weight": "share", "speed_top_k": "positive count",
+    "motion_step": "positive count", "speed_center": "finite", "speed_scale": "positive", "score_center": "finite",
+    "score_scale": "positive", "version": "positive count",
+}  # fmt: skip
+
+
+def _checked(name: str, value: Any, rule: str) -> Any:
+    """``value`` if it is a number that obeys ``rule``, else a one-line refusal naming the field."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = {
+            "finite": True,
+            "positive": value > 0,
+            "non-negative": value >= 0,
+            "count": value >= 0 and float(value).is_integer(),
+            "positive count": value >= 1 and float(value).is_integer(),
+            "share": 0 <= value <= 1,
+        }[rule]
+    if not ok:
+        raise CallmError(f"weights calibration: {name} must be a {rule} number, got {value!r}; recalibrate or retrain")
+    return int(value) if rule.endswith("count") else value
+
+
 @dataclass(frozen=True)
 class Calibration:
     error: str  # ErrorMeasure.kind
@@ -131,8 +159,16 @@ class Calibration:
         if missing:
             raise CallmError(f"weights calibration lacks {sorted(missing)}; retrain with callm train-ae")
         values = {k: v for k, v in data.items() if k in known}
-        values["holdout_videos"] = tuple(values["holdout_videos"])
-        values["speed_profile"] = tuple(float(v) for v in values.get("speed_profile", ()))
+        for name, rule in _NUMBERS.items():
+            if name in values:
+                values[name] = _checked(name, values[name], rule)
+        if not isinstance(values["holdout_videos"], list | tuple) or not isinstance(values["error"], str):
+            raise CallmError("weights calibration is damaged: holdout_videos must be a list and error a string")
+        values["holdout_videos"] = tuple(str(v) for v in values["holdout_videos"])
+        profile = values.get("speed_profile", ())
+        if not isinstance(profile, list | tuple):
+            raise CallmError("weights calibration: speed_profile must be a list of numbers")
+        values["speed_profile"] = tuple(_checked("speed_profile", v, "positive") for v in profile)
         calibration = cls(**values)
         if calibration.uses_flow and not calibration.speed_profile:
             raise CallmError("weights calibration mixes in optical flow but has no speed profile")

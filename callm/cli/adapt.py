@@ -19,12 +19,14 @@ from callm.cli.common import (
     VlmDtypeOpt,
     VlmOpt,
     app,
+    check_output_file,
     quiet_transformers,
     user_errors,
     vlm_config,
 )
 from callm.console import console, make_progress
 from callm.errors import CallmError
+from callm.video import check_fps
 
 if TYPE_CHECKING:
     from callm.vlm.config import VLMConfig
@@ -50,6 +52,8 @@ def caption(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Zero-shot BLIP-2 captions of each 16-frame window's 9th frame; rerunning completes the file."""
+    check_output_file(out, "--out")
+    check_fps(fps)
     from callm.device import parse_dtype, pick_device
     from callm.vlm.caption import Blip2Captioner, CaptionOptions, caption_videos
 
@@ -91,6 +95,7 @@ def instruct(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Turn captions and what is known to be abnormal into instruction-tuning data for callm finetune."""
+    check_output_file(out, "--out")
     from callm.vlm.caption import read_captions
     from callm.vlm.instruct import (
         answer_style,
@@ -270,6 +275,8 @@ def eval_vlm(
     load_8bit: Load8bitOpt = False,
 ) -> None:
     """Video-level accuracy of stage 2's yes/no answers on a labelled set (abnormal: any abnormal frame)."""
+    check_output_file(json_out, "--json")
+    check_fps(fps)
     from callm.files import write_json_atomic
     from callm.vlm.evaluate import evaluate_vlm, labelled_dataset, read_video_list
     from callm.vlm.explain import Explainer

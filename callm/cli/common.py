@@ -86,6 +86,24 @@ Load8bitOpt = Annotated[bool, typer.Option("--8bit", help="Load the LLM in 8 bit
 VlmOpt = Annotated[Path, typer.Option("--vlm", help="Stage-2 config (TOML) naming its weights.")]
 
 
+def check_output_file(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or under a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CallmError(f"{option} {path}: is a folder; give a file name")
+    if any(parent.is_file() for parent in path.parents):
+        raise CallmError(f"{option} {path}: a part of the path is a file, not a folder")
+
+
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file (or under one)."""
+    if path.exists() and not path.is_dir():
+        raise CallmError(f"{option} {path}: exists and is not a folder")
+    if any(parent.is_file() for parent in path.parents):
+        raise CallmError(f"{option} {path}: a part of the path is a file, not a folder")
+
+
 def check_quantile(quantile: float) -> None:
     """A calibration quantile is a share of normal frames or clips strictly between none and all."""
     if not 0 < quantile < 1:

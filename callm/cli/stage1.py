@@ -22,6 +22,8 @@ from callm.cli.common import (
     VlmDtypeOpt,
     WeightsOpt,
     app,
+    check_output_file,
+    check_output_folder,
     check_quantile,
     default_weights,
     quiet_transformers,
@@ -30,7 +32,7 @@ from callm.cli.common import (
 )
 from callm.console import FrameBar, ScanBars, console, err_console, make_progress
 from callm.errors import CallmError
-from callm.video import WINDOW, find_videos, is_frame_folder
+from callm.video import WINDOW, check_fps, find_videos, is_frame_folder
 
 if TYPE_CHECKING:
     from callm.cascade import Stage1Recipe, Stage2
@@ -139,6 +141,8 @@ def train_ae_command(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Train the stage-1 autoencoder on normal footage and calibrate its gate by cross-fitting."""
+    check_output_folder(out)
+    check_fps(fps)
     from callm.ae.train import TrainSettings, train_ae
     from callm.device import parse_dtype, pick_device
 
@@ -186,6 +190,7 @@ def calibrate(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Fit a trained model's gate to a new site's normal footage (no training): a new threshold and score scale."""
+    check_output_folder(out)
     from callm.ae.calibrate import Calibration
     from callm.ae.recalibrate import recalibrate
     from callm.ae.weights import load, save
@@ -276,6 +281,9 @@ def detect(
 
     With --explain, the stage-2 video LLM judges and explains each event.
     """
+    check_output_file(json_out, "--json")
+    if out is not None:
+        check_output_folder(out)
     from callm.report import detection_summary, events_table, write_json
 
     if explainer not in ("vlm", "ltc"):
@@ -422,6 +430,7 @@ def eval_command(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Frame-level ROC AUC of stage 1 on a labelled test set."""
+    check_output_file(json_out, "--json")
     from callm.evaluate import evaluate
     from callm.report import eval_table, write_json
 

@@ -13,12 +13,15 @@ from callm.cli.common import (
     FpsOpt,
     WeightsOpt,
     app,
+    check_output_file,
+    check_output_folder,
     check_quantile,
     default_weights,
     user_errors,
 )
 from callm.console import console, make_progress
 from callm.errors import CallmError
+from callm.video import check_fps
 
 if TYPE_CHECKING:
     from callm.vador.model import ListKind
@@ -91,6 +94,8 @@ def features(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Clip features (one row per 16-frame clip) for the VADor, one .npy per video plus index.json."""
+    check_output_folder(out)
+    check_fps(fps)
     from callm.vador.features import (
         POOLINGS,
         TOKEN_MODES,
@@ -158,6 +163,7 @@ def train_vador_command(
     quantile: Annotated[float, typer.Option(help="--calibrate: share of their clips under the threshold.")] = 0.99,
 ) -> None:
     """Train the VADor on weak (video-level) labels: phase 1, then phase 2 from it."""
+    check_output_folder(out)
     from callm.vador.model import ATTENTIONS
     from callm.vador.train import train_vador
     from callm.vador.weights import DECISION_LINE
@@ -212,6 +218,7 @@ def eval_vador_command(
     json_out: JsonOpt = None,
 ) -> None:
     """AUC_O (all test frames) and AUC_A (videos with anomalies) of a trained VADor."""
+    check_output_file(json_out, "--json")
     from rich.table import Table
 
     from callm.files import write_json_atomic
@@ -257,6 +264,7 @@ def ablate_vador_command(
     json_out: JsonOpt = None,
 ) -> None:
     """VAD-LLaMA's Table 3 here: baseline, +N, +A, +N+A, +N+A+H, each evaluated by AUC_O and AUC_A."""
+    check_output_file(json_out, "--json")
     import dataclasses
 
     from rich.table import Table

@@ -96,8 +96,11 @@ class LoadReport:
 
 
 def first_line(exc: BaseException) -> str:
+    """The gist of an error: its first sentence, or its kind when it says nothing."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__
+    if not lines:
+        return exc.__class__.__name__
+    return lines[0].split(". ")[0][:160]
 
 
 def _torch_load(path: Path, component: str) -> Any:
@@ -106,14 +109,46 @@ def _torch_load(path: Path, component: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
+        calls = [found[1]] if found else _pickled_calls(path)
+        if calls:
             raise CallmError(
-                f"{component}: {path} holds Python objects ({found[1]}) besides tensors, which callm does not "
-                "unpickle (torch.load weights_only=True); re-save only its tensors with a Python you trust"
+                f"{component}: {path} refused: it holds Python objects ({', '.join(calls[:3])}) besides tensors, and "
+                "unpickling them could run code (callm loads with torch.load weights_only=True); re-save only its "
+                "tensors with a Python you trust"
             ) from None
         raise CallmError(f"{component}: {path} is damaged or not a torch weights file") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        # A text or random file read as a pickle fails in any of these ways, depending on its first bytes.
         raise CallmError(f"{component}: {path} is damaged or not a torch weights file ({first_line(exc)})") from None
+
+
+# What a torch checkpoint's pickle legitimately names: rebuilding tensors and the containers around them.
+_TENSOR_GLOBALS = re.compile(r"^(torch\.|collections\.OrderedDict$|_codecs\.encode$|builtins\.(set|frozenset|slice)$)")
+
+
+def _pickled_calls(path: Path) -> list[str]:
+    """The callables a pickle names beyond tensor plumbing, read with pickletools (which executes nothing)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+        names: list[str] = []
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, pickle.UnpicklingError):
+        return []
+    return list(dict.fromkeys(n for n in names if not _TENSOR_GLOBALS.match(n)))
 
 
 def read_checkpoint(path: str | Path, component: str) -> dict[str, torch.Tensor]:

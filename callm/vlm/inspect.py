@@ -16,6 +16,7 @@ import torch
 from transformers import Blip2QFormerConfig, Blip2VisionConfig
 
 from callm.ae import weights as ae_weights
+from callm.ae.calibrate import Calibration
 from callm.errors import CallmError
 from callm.vador import adaptor
 from callm.vador import weights as vador_weights
@@ -142,9 +143,16 @@ def _check_own(load: Callable[[Path], torch.nn.Module], path: Path) -> Check:
     return check
 
 
+def _scorable_ae(path: Path) -> torch.nn.Module:
+    """Stage-1 weights that detect can score with: the model and a valid calibration."""
+    weights = ae_weights.load(path)
+    Calibration.from_dict(weights.calibration)
+    return weights.model
+
+
 # callm's own safetensors + JSON folders: (kind, folder format, loader of the model).
 OWN_FOLDERS: tuple[tuple[str, WeightsFolder, Callable[[Path], torch.nn.Module]], ...] = (
-    ("callm-ae", ae_weights.FOLDER, lambda p: ae_weights.load(p).model),
+    ("callm-ae", ae_weights.FOLDER, lambda p: _scorable_ae(p)),
     ("callm-vador", vador_weights.FOLDER, lambda p: vador_weights.load(p).model),
     ("callm-vador-adaptor", adaptor.FOLDER, lambda p: adaptor.load_adaptor(p).model),
 )

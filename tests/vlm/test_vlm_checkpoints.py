@@ -157,3 +157,26 @@ def test_pickled_objects_are_never_unpickled(tmp_path: Path) -> None:
         load_video_qformer(str(tmp_path / "junk.pth"))
     with _refused("video Q-Former", "not found"):
         load_video_qformer(str(tmp_path / "absent.pth"))
+
+
+class _Runs:
+    """A pickle that, unpickled, would call os.system (never unpickled here)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_that_would_run_code_is_refused_as_such_not_called_damaged(tmp_path: Path) -> None:
+    import pickle
+
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"model": _Runs()}, protocol=4))  # a plain pickle, not torch's zip format
+    with _refused("weights", "refused", "system", "could run code"):
+        read_checkpoint(raw, "weights")
+    zipped = tmp_path / "zipped.pth"
+    torch.save({"model": {"query_tokens": torch.zeros(1)}, "hook": _Runs()}, zipped)
+    with _refused("weights", "refused", "system", "could run code"):
+        read_checkpoint(zipped, "weights")

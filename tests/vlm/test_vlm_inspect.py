@@ -22,13 +22,36 @@ def tiny_config(lavis_config: Path) -> VLMConfig:
     return load_config(lavis_config)
 
 
+CALIBRATION = {
+    "error": "motion", "patch": 4, "top_k": 4, "smooth_sigma": 2.0, "stride": 8, "psnr_center": 30.0,
+    "psnr_scale": 0.5, "threshold": 2.0, "quantile": 0.99, "holdout_frames": 100, "holdout_videos": ["a.avi"],
+}  # fmt: skip
+
+
 def test_stage_1_weights(tmp_path: Path) -> None:
     model = ConvAutoencoder3d(AEConfig(height=32, width=32, widths=(4, 8)))
-    save(AEWeights(model), tmp_path / "ae")
+    save(AEWeights(model, calibration=CALIBRATION), tmp_path / "ae")
     for path in (tmp_path / "ae", tmp_path / "ae" / "ae.safetensors"):
         info = inspect_weights(path)
         assert (info.kind, info.loadable) == ("callm-ae", True)
         assert info.parameters == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("calibration", "why"),
+    [
+        ({}, "calibration lacks"),
+        ({**CALIBRATION, "threshold": float("nan")}, "threshold must be a finite number"),
+        ({**CALIBRATION, "threshold": "2.0"}, "threshold must be a finite number, got '2.0'"),
+        ({**CALIBRATION, "psnr_scale": 0}, "psnr_scale must be a positive number"),
+    ],
+    ids=["no calibration", "NaN threshold", "string threshold", "zero scale"],
+)
+def test_stage_1_weights_detect_would_refuse_are_not_loadable(tmp_path: Path, calibration: dict, why: str) -> None:
+    """``weights check`` says "loads" only for weights ``detect`` can score with."""
+    save(AEWeights(ConvAutoencoder3d(AEConfig(height=32, width=32, widths=(4, 8))), calibration), tmp_path / "ae")
+    info = inspect_weights(tmp_path / "ae")
+    assert info.kind == "callm-ae" and not info.loadable and why in info.detail
 
 
 def test_lavis_and_video_llama_files(
