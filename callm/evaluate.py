@@ -12,8 +12,8 @@ from rich.progress import Progress
 from callm.cascade import Detection, Stage1
 from callm.console import FrameBar
 from callm.errors import CallmError
-from callm.metrics import read_frame_labels, roc_auc
-from callm.video import find_videos, natural_key
+from callm.metrics import parse_ucsd_m, read_frame_labels, roc_auc
+from callm.video import Video, find_videos, natural_key
 
 
 def test_videos(root: Path) -> list[Path]:
@@ -54,8 +54,24 @@ def gate_coverage(detections: list[Detection], labels: list[np.ndarray]) -> Gate
     )
 
 
+def check_labels(labels_path: Path, videos: list[Path], folder_fps: float) -> None:
+    """Read the labels against the videos' frame counts before scoring them: a wrong file fails in a second, not
+    after the whole test set. Frame folders count exactly; a video file's container count may be off by a
+    frame or two, so with any files only the format and the number of videos are checked here."""
+    infos = [Video(v, folder_fps=folder_fps).info for v in videos]
+    if all(i.is_frame_folder for i in infos):
+        read_frame_labels(labels_path, [i.num_frames for i in infos])
+        return
+    if not labels_path.is_file():
+        raise CallmError(f"{labels_path}: labels file not found")
+    if labels_path.suffix.lower() == ".m" and len(parse_ucsd_m(labels_path)) != len(videos):
+        raise CallmError(f"{labels_path}: ground truth for another number of videos than the {len(videos)} found")
+
+
 def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Progress | None = None) -> dict[str, Any]:
     videos = test_videos(root)
+    labels_path = labels_path or default_labels(root)
+    check_labels(labels_path, videos, stage1.options.folder_fps)
     detections = []
     task = progress.add_task("videos", total=len(videos)) if progress else None
     for path in videos:
@@ -65,7 +81,6 @@ def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Pro
             bar.close()
         if progress is not None and task is not None:
             progress.update(task, advance=1)
-    labels_path = labels_path or default_labels(root)
     labels = read_frame_labels(labels_path, [d.num_frames for d in detections])
     truth = np.concatenate(labels)
     if not 0 < truth.sum() < truth.size:

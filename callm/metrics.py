@@ -49,7 +49,7 @@ def minmax(values: np.ndarray) -> np.ndarray:
 _RANGE = re.compile(r"(\d+)\s*:\s*(\d+)|(\d+)")
 
 
-def _parse_ucsd_m(path: Path) -> list[list[tuple[int, int]]]:
+def parse_ucsd_m(path: Path) -> list[list[tuple[int, int]]]:
     """Ranges per video from a UCSD ``.m`` file (``TestVideoFile{end+1}.gt_frame = [61:180];``), 1-based."""
     videos: list[list[tuple[int, int]]] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -86,7 +86,7 @@ def read_frame_labels(path: str | Path, video_lengths: Sequence[int]) -> list[np
         bounds = np.cumsum([0, *video_lengths])
         return [(flat[bounds[i] : bounds[i + 1]] > 0).astype(np.uint8) for i in range(len(video_lengths))]
     if path.suffix.lower() == ".m":
-        per_video = _parse_ucsd_m(path)
+        per_video = parse_ucsd_m(path)
         if len(per_video) != len(video_lengths):
             raise CallmError(
                 f"{path}: ground truth for {len(per_video)} videos but {len(video_lengths)} test videos found"

@@ -429,3 +429,17 @@ def test_a_frame_folder_whose_frame_size_changes_is_refused(
     cv2.imwrite(str(folder / "20.png"), make_frames(1, size=(60, 80))[0])  # one frame of another size
     args = ["detect", str(folder), "-w", str(weights_dir), *DETECT_ARGS]
     assert_user_error(runner.invoke(app, args), "20.png: 80x60 pixels, but the folder's first frame is 64x48")
+
+
+def test_eval_with_wrong_labels_fails_before_scoring(
+    runner: CliRunner, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from callm.cascade import Stage1
+
+    root = tmp_path / "data"
+    for i in range(2):
+        write_frame_folder(root / "testing" / "frames" / f"{i + 1:02d}", make_frames(20, seed=i))
+    np.save(tmp_path / "labels.npy", np.zeros(39, np.uint8))  # one frame short
+    monkeypatch.setattr(Stage1, "detect", lambda *a, **k: pytest.fail("scored before reading the labels"))
+    args = ["eval", str(root), "--labels", str(tmp_path / "labels.npy"), "-w", str(weights_dir), *DETECT_ARGS]
+    assert_user_error(runner.invoke(app, args), "39 labels but the 2 test videos have 40 frames")

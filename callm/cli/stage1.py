@@ -320,12 +320,13 @@ def detect(
         _scan(paths, out, recipe, engine, workers, address, retry_errors, explainers, described)
         return
     path = paths[0]
+    stage2 = _stage2(stage2_config, vlm_calls, fps) if explain else None  # its weights load before any scoring
     with make_progress() as progress:
         bar = FrameBar(progress, path.name)
         detection = stage1.detect(path, bar)
         bar.close()
-        if explain:
-            _stage2(stage2_config, vlm_calls, fps).explain(detection, progress)
+        if stage2 is not None:
+            stage2.explain(detection, progress)
         if ltc is not None:
             explain_with_ltc(detection, ltc, fps)
     if detection.events or detection.ltc is not None:

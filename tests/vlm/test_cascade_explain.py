@@ -113,3 +113,20 @@ def test_detect_without_explain_never_imports_stage_2(clip_dir: Path, weights_di
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_missing_stage2_weights_fail_before_stage1_scores(
+    runner, clip_dir: Path, weights_dir: Path, lavis_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from callm.cascade import Stage1
+
+    config = tmp_path / "broken.toml"
+    text = lavis_config.read_text()
+    config.write_text(re.sub(r'(?m)^video_llama = ".*"$', f'video_llama = "{tmp_path / "gone.pth"}"', text))
+    assert config.read_text() != text
+    monkeypatch.setattr(Stage1, "detect", lambda *a, **k: pytest.fail("scored before loading stage 2"))
+    args = ["detect", str(clip_dir / "intruder.avi"), "-w", str(weights_dir), "--explain", "--vlm", str(config)]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--dtype", "fp32"])
+    assert_user_error(result, "gone.pth")
