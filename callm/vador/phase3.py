@@ -111,7 +111,7 @@ def finetune_adaptor(
     videos = [video for index in indexes for video in index.videos]
     if not videos:
         raise CallmError(f"{feature_dirs[0]}: holds no videos' features")
-    prompt = AdaptorPrompt(config.template, question, config.system)
+    prompt = AdaptorPrompt(config.template, question, config.system_text)
     instructions = pseudo_instructions(vador, videos, progress)
     vador_fingerprint = state_fingerprint(vador.model)
     meta = {

@@ -218,7 +218,7 @@ class Chat:
                 content = PLACEHOLDER if index == current_from else EARLIER_CLIP
                 messages.append(video_message(view.timestamps, text, content))
         replies = [turn.answer for turn in turns]
-        template, system = self.explainer.model.template, self.explainer.config.system
+        template, system = self.explainer.model.template, self.explainer.config.system_text
         return template.conversation(list(zip(messages[:-1], replies, strict=True)), messages[-1], system)
 
     def transcript(self) -> dict[str, Any]:

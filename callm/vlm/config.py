@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from callm.errors import CallmError
-from callm.vlm.prompt import DEFAULT_QUESTION, TEMPLATES, VIDEO_SYSTEM
+from callm.vlm.prompt import DEFAULT_QUESTION, DEFAULT_SYSTEM, TEMPLATES, system_text
 
 Focus = Literal["crop", "draw", "none"]
 FOCUS_MODES: tuple[Focus, ...] = ("crop", "draw", "none")
@@ -46,7 +46,8 @@ class VLMConfig:
     video_llama: str
     llm: str
     template: str = "llama2"
-    system: str = VIDEO_SYSTEM
+    # "video-demo" (Video-LLaMA's video demo's system line, the default), "none" (empty), or the text itself
+    system: str = DEFAULT_SYSTEM
     question: str = DEFAULT_QUESTION
     dtype: str = "bf16"
     device: str = "auto"
@@ -77,6 +78,11 @@ class VLMConfig:
         for ok, message in checks:
             if not ok:
                 raise CallmError(f"vlm config: {message}")
+
+    @property
+    def system_text(self) -> str:
+        """The system line of the prompt: a preset's text ("video-demo", "none") or the configured text."""
+        return system_text(self.system)
 
 
 # What a TOML value of each field's Python type is called in an error message.
@@ -159,3 +165,7 @@ def config_toml(config: VLMConfig, folder: Path) -> str:
             value = str(path.relative_to(home) if path.is_relative_to(home) else path)
         lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines + tables) + "\n"
+
+    @property
+    def system_text(self) -> str:
+        return system_text(self.system)

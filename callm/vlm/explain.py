@@ -78,7 +78,7 @@ class Explainer:
         return cls(model, config, reports)
 
     def prompt(self, timestamps: Sequence[float], question: str) -> str:
-        return self.model.template.prompt(video_message(timestamps, question), self.config.system)
+        return self.model.template.prompt(video_message(timestamps, question), self.config.system_text)
 
     def explain(
         self,

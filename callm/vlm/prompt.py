@@ -2,7 +2,7 @@
 
 The fine-tuned Video-LLaMA weights answer best to the exact prompts their demo sends
 (``video_llama/conversation/conversation_video.py`` and ``demo_video.py`` in DAMO-NLP-SG/Video-LLaMA), so
-these builders copy them, quirks included: the video message ends with a space and ``Chat.ask`` joins the
+these builders copy them, quirks included (the system line is a config choice, see ``SYSTEM_PRESETS``): the video message ends with a space and ``Chat.ask`` joins the
 question with another, so two spaces precede the question. Multi-turn prompts follow that file's
 ``Conversation.get_prompt``: earlier replies are written back cleaned, between the template's separators.
 """
@@ -14,8 +14,21 @@ from dataclasses import dataclass
 
 PLACEHOLDER = "<ImageHere>"
 
-# Video-LLaMA's demo clears the system line for videos (it keeps one for images only).
-VIDEO_SYSTEM = ""
+# The system line of Video-LLaMA's video demo (demo_video.py sets it for an uploaded video, as for an image); its
+# audio-visual demo leaves the line empty. Configs name one of these presets or give their own text.
+SYSTEM_PRESETS = {
+    "video-demo": "You are able to understand the visual content that the user provides. Follow the instructions "
+    "carefully and explain your answers in detail.",
+    "none": "",
+}
+DEFAULT_SYSTEM = "video-demo"
+VIDEO_SYSTEM = SYSTEM_PRESETS[DEFAULT_SYSTEM]
+
+
+def system_text(system: str) -> str:
+    """The system line a config's ``system`` names: a preset's text, or the text itself."""
+    return SYSTEM_PRESETS.get(system, system)
+
 
 DEFAULT_QUESTION = (
     "Is anything abnormal or dangerous happening in this video? Answer yes or no first, then say what happens."

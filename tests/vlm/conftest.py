@@ -166,6 +166,7 @@ def lavis_config(
             "video_llama": str(video_llama_file),
             "llm": str(llm_dir),
             "template": "vicuna",
+            "system": "none",  # the tiny LLM's context is short: no system line (its default is tested apart)
             "dtype": "fp32",
             "device": "cpu",
             "max_new_tokens": 8,
@@ -188,6 +189,7 @@ def hf_config(
             "video_llama": str(video_llama_file),
             "llm": str(llm_dir),
             "template": "llama2",
+            "system": "none",
             "dtype": "fp32",
             "device": "cpu",
             "focus": "draw",

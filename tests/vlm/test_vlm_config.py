@@ -25,6 +25,8 @@ def test_relative_paths_follow_the_config_and_hub_ids_stay(tmp_path: Path) -> No
     assert config.vision == "Salesforce/blip2-flan-t5-xxl"
     assert config.video_llama == str(tmp_path / "weights" / "vl.pth")
     assert config.llm == "meta-llama/Llama-2-7b-chat-hf"
+    # The system line defaults to Video-LLaMA's video demo's.
+    assert config.system == "video-demo" and config.system_text.startswith("You are able to understand the visual")
     assert (config.frames, config.template, config.dtype, config.focus, config.sample) == (
         4,
         "llama2",

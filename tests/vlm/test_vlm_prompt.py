@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from callm.vlm.explain import Explainer
-from callm.vlm.prompt import LLAMA2, VICUNA, video_message
+from callm.vlm.prompt import LLAMA2, SYSTEM_PRESETS, VICUNA, system_text, video_message
 
-# Video-LLaMA's system line for images: a system line the templates must place.
-IMAGE_SYSTEM = (
+# The system line demo_video.py sets for an uploaded video (and image), typed here independently of callm's copy.
+DEMO_SYSTEM = (
     "You are able to understand the visual content that the user provides. "
     "Follow the instructions carefully and explain your answers in detail."
 )
@@ -19,17 +19,15 @@ VIDEO = (
 
 def test_vicuna_v0_prompt() -> None:
     message = video_message(TIMES, "Is there an anomaly?")
-    # Video-LLaMA's demo sends videos with an empty system line; its message ends in a space and ask() adds one.
-    assert VICUNA.prompt(message) == f"###Human: {VIDEO}  Is there an anomaly?###Assistant:"
-    assert VICUNA.prompt(message, IMAGE_SYSTEM) == (
-        "You are able to understand the visual content that the user provides. Follow the instructions carefully "
-        f"and explain your answers in detail.###Human: {VIDEO}  Is there an anomaly?###Assistant:"
-    )
+    # By default the video demo's system line; its message ends in a space and ask() adds one.
+    assert VICUNA.prompt(message) == f"{DEMO_SYSTEM}###Human: {VIDEO}  Is there an anomaly?###Assistant:"
+    assert VICUNA.prompt(message, "") == f"###Human: {VIDEO}  Is there an anomaly?###Assistant:"
 
 
 def test_llama2_chat_prompt() -> None:
     message = video_message(TIMES, "Is there an anomaly?")
-    assert LLAMA2.prompt(message) == f"[INST] <<SYS>>\n\n<</SYS>>\n\n{VIDEO}  Is there an anomaly? [/INST]"
+    assert LLAMA2.prompt(message) == f"[INST] <<SYS>>\n{DEMO_SYSTEM}\n<</SYS>>\n\n{VIDEO}  Is there an anomaly? [/INST]"
+    assert LLAMA2.prompt(message, "") == f"[INST] <<SYS>>\n\n<</SYS>>\n\n{VIDEO}  Is there an anomaly? [/INST]"
     assert LLAMA2.prompt(message, "Be brief.") == (
         f"[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n{VIDEO}  Is there an anomaly? [/INST]"
     )
@@ -62,3 +60,9 @@ def test_multi_turn_prompts_follow_video_llamas_get_prompt() -> None:
         "[INST] <<SYS>>\nS\n<</SYS>>\n\nfirst [/INST] one </s><s>[INST] second [/INST] two </s><s>[INST] third [/INST]"
     )
     assert VICUNA.conversation([], "only") == VICUNA.prompt("only")
+
+
+def test_system_presets_name_the_demo_line_or_nothing() -> None:
+    assert system_text("video-demo") == SYSTEM_PRESETS["video-demo"] == DEMO_SYSTEM
+    assert system_text("none") == ""
+    assert system_text("Answer briefly.") == "Answer briefly."
