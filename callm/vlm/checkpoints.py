@@ -307,6 +307,8 @@ EVA_BLOCK_PARTS = {
     "mlp.fc1.": "mlp.fc1.",
     "mlp.fc2.": "mlp.fc2.",
 }
+# LAVIS's ln_vision is torch's nn.LayerNorm with its default epsilon (BLIP-2's Blip2Base.init_vision_encoder).
+LAVIS_LN_VISION_EPS = 1e-5
 # EVA's own final norm and classifier: BLIP-2 reads the last kept block's output through ln_vision instead.
 EVA_HEAD = ("norm.", "fc_norm.", "head.")
 EVA_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
@@ -557,9 +559,10 @@ class FrameEncoderParts:
     vision_config: Blip2VisionConfig
     qformer_config: Blip2QFormerConfig
     num_query_tokens: int
+    ln_vision_eps: float | None = None  # LAVIS's, when its Q-Former file brings ln_vision; else the HF config's
 
     def build(self) -> FrameEncoder:
-        return FrameEncoder(self.vision_config, self.qformer_config, self.num_query_tokens)
+        return FrameEncoder(self.vision_config, self.qformer_config, self.num_query_tokens, self.ln_vision_eps)
 
 
 def frame_encoder_parts(
@@ -570,6 +573,7 @@ def frame_encoder_parts(
 ) -> FrameEncoderParts:
     """Read and map the vision and Q-Former sources; an HF folder named twice is read once."""
     hf_reads: dict[str, tuple[Blip2Config, dict[str, torch.Tensor]]] = {}
+    ln_vision_eps: float | None = None
 
     def hf(source: str, component: str) -> tuple[Blip2Config, dict[str, torch.Tensor]]:
         if source not in hf_reads:
@@ -591,11 +595,14 @@ def frame_encoder_parts(
         )
         qformer_part = map_lavis_qformer(read_checkpoint(qformer, QFORMER), qformer)
         num_query_tokens = token_count(qformer_part.tensors.get("query_tokens"), DEFAULT_QUERY_TOKENS)
+        ln_vision_eps = LAVIS_LN_VISION_EPS
     else:
         blip2, tensors = hf(qformer, QFORMER)
         qformer_config, num_query_tokens = blip2.qformer_config, blip2.num_query_tokens
         qformer_part = map_hf_blip2(tensors, QFORMER, qformer)
-    return FrameEncoderParts([vision_part, qformer_part], vision_config, qformer_config, num_query_tokens)
+    return FrameEncoderParts(
+        [vision_part, qformer_part], vision_config, qformer_config, num_query_tokens, ln_vision_eps
+    )
 
 
 def load_frame_encoder(

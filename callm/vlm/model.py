@@ -33,10 +33,18 @@ class FrameEncoder(nn.Module):
     """
 
     def __init__(
-        self, vision_config: Blip2VisionConfig, qformer_config: Blip2QFormerConfig, num_query_tokens: int = 32
+        self,
+        vision_config: Blip2VisionConfig,
+        qformer_config: Blip2QFormerConfig,
+        num_query_tokens: int = 32,
+        ln_vision_eps: float | None = None,
     ) -> None:
+        """``ln_vision_eps``: the epsilon of the norm between the ViT and the Q-Former, where the checkpoint's
+        differs from the ViT's own (LAVIS's ``ln_vision`` is a plain ``nn.LayerNorm``, 1e-5; the ViT's are 1e-6)."""
         super().__init__()
         self.vision_model = Blip2VisionModel(vision_config)
+        if ln_vision_eps is not None:
+            self.vision_model.post_layernorm.eps = ln_vision_eps
         self.qformer = Blip2QFormerModel(qformer_config)
         self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer_config.hidden_size))
 

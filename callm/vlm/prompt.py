@@ -2,7 +2,8 @@
 
 The fine-tuned Video-LLaMA weights answer best to the exact prompts their demo sends
 (``video_llama/conversation/conversation_video.py`` and ``demo_video.py`` in DAMO-NLP-SG/Video-LLaMA), so
-these builders copy them, quirks included (the system line is a config choice, see ``SYSTEM_PRESETS``): the video message ends with a space and ``Chat.ask`` joins the
+these builders copy them, quirks included (the system line is a config choice, see ``SYSTEM_PRESETS``): the
+video message ends with a space and ``Chat.ask`` joins the
 question with another, so two spaces precede the question. Multi-turn prompts follow that file's
 ``Conversation.get_prompt``: earlier replies are written back cleaned, between the template's separators.
 """

@@ -44,6 +44,10 @@ def test_lavis_and_hf_layouts_give_the_same_frame_tokens(blip2_hf: SavedBlip2, l
         "Qformer.bert.encoder.layer.0.intermediate.dense.weight",
     } <= set(qformer_report.ignored)
     assert vit_report.tensors + qformer_report.tensors == sum(r.tensors for r in hf_reports)
+    # The norm between ViT and Q-Former keeps its checkpoint's epsilon: LAVIS's ln_vision is nn.LayerNorm's 1e-5,
+    # an HF BLIP-2 folder's post_layernorm its config's.
+    assert from_lavis.vision_model.post_layernorm.eps == 1e-5
+    assert from_hf.vision_model.post_layernorm.eps == from_hf.vision_model.config.layer_norm_eps
 
 
 def test_hf_blip2_from_the_hub_cache_reads_only_the_vision_and_qformer_shards(
