@@ -93,3 +93,48 @@ def test_an_llm_of_another_width_is_refused(lavis_config: Path, tmp_path: Path) 
     config = dataclasses.replace(load_config(lavis_config), video_llama=str(tmp_path / "wide.pth"))
     with pytest.raises(CallmError, match=r"projects into an LLM 48 wide, but .* is 32 wide"):
         Explainer.from_config(config)
+
+
+def test_the_verdict_is_the_first_yes_or_no_of_the_answer() -> None:
+    cases = {
+        "No, nobody is in danger. Yes, people walk.": ("normal", True),
+        "Yes: a cart. No one else is hurt, no.": ("anomaly", True),
+        "Well... no. Yes it is busy; yes.": ("normal", True),
+        "Nobody knows; yesterday a cyclist rode by, no?": ("normal", True),  # whole words only: "no" wins
+        "People walk along the path.": ("anomaly", False),
+    }
+    for text, expected in cases.items():
+        assert parse_verdict(text) == expected, text
+
+
+def test_video_qformer_forward_matches_an_independent_computation() -> None:
+    """Video-LLaMA: each frame's 32 tokens get that frame's position embedding, the frames' tokens are laid end to
+    end in time order, the video query tokens read them through the 2-layer video Q-Former, and llama_proj maps
+    the result. Recomputed here from the module's weights with transformers' Q-Former and plain tensor ops, so a
+    dropped, zeroed or misplaced position embedding, a wrong flatten order or a missing projection all fail."""
+    from transformers import Blip2QFormerModel
+
+    from callm.vlm.model import VideoQFormer
+
+    torch.manual_seed(0)
+    config = video_qformer_config(Blip2QFormerConfig(**TINY_QFORMER), {})
+    module = VideoQFormer(config, llm_hidden_size=24, num_query_tokens=5, max_frames=6).eval()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.5)
+    width = config.encoder_hidden_size
+    frames = torch.randn(2, 4, 3, width)  # (batch, frames, queries per frame, width)
+
+    reference_qformer = Blip2QFormerModel(config).eval()
+    reference_qformer.load_state_dict(module.video_qformer.state_dict())
+    positions = module.video_frame_position_embedding.weight.detach()
+    sequence = torch.cat([frames[:, t] + positions[t] for t in range(4)], dim=1)  # time-major: frame 0's tokens first
+    queries = module.video_query_tokens.detach().expand(2, -1, -1)
+    with torch.no_grad():
+        summary = reference_qformer(query_embeds=queries, encoder_hidden_states=sequence).last_hidden_state
+        expected = summary @ module.llama_proj.weight.T + module.llama_proj.bias
+        got = module(frames)
+    assert got.shape == (2, 5, 24)
+    assert torch.allclose(got, expected, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(module(frames.flip(1)), got, atol=1e-3)  # frame order matters: positions are used
