@@ -29,11 +29,11 @@ from torch import nn
 
 from callm.errors import CallmError
 from callm.vador.weights import VADorWeights
-from callm.vlm.checkpoints import llm_hidden_size, load_language_model
 from callm.vlm.config import VLMConfig
 from callm.vlm.explain import generation_options
 from callm.vlm.model import GenerationOptions, LanguageModel, PromptTokens
 from callm.vlm.prompt import VIDEO_SYSTEM, clip_message
+from callm.vlm.weights.llm import llm_hidden_size, load_language_model
 from callm.weights_folder import WeightsFolder
 
 FOLDER = WeightsFolder(

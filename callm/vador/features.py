@@ -165,7 +165,7 @@ class VideoLlamaClipEncoder(ClipEncoder):
     def from_config(cls, config: VLMConfig, tokens: TokenMode, frames: int) -> VideoLlamaClipEncoder:
         """The two encoders a stage-2 config names; the LLM is not loaded."""
         from callm.device import parse_dtype, pick_device
-        from callm.vlm.checkpoints import load_frame_encoder, load_video_qformer
+        from callm.vlm.weights.loaders import load_frame_encoder, load_video_qformer
 
         frame_encoder, _ = load_frame_encoder(
             config.vision, config.qformer, config.vision_config, config.qformer_config

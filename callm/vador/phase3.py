@@ -40,10 +40,10 @@ from callm.vador.adaptor import (
 from callm.vador.features import FeatureIndex, VideoFeatures
 from callm.vador.online import OnlineScorer, clip_events, template_answer
 from callm.vador.weights import VADorWeights
-from callm.vlm.checkpoints import load_language_model
 from callm.vlm.config import VLMConfig
 from callm.vlm.explain import generation_options
 from callm.vlm.finetune import MAX_ANSWER_TOKENS, LoopSettings, check_resume, train_steps
+from callm.vlm.weights.llm import load_language_model
 
 CHECKPOINT_DIR = "checkpoint"
 

@@ -27,7 +27,7 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from callm.errors import CallmError
 from callm.files import append_jsonl, read_jsonl
 from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, find_videos, iter_windows
-from callm.vlm.checkpoints import ModelFiles, first_line
+from callm.vlm.weights.files import ModelFiles, first_line
 
 CAPTIONED_FRAME = 8  # the window's 9th frame
 BLIP2 = "BLIP-2"

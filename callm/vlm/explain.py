@@ -11,11 +11,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from callm.vlm.checkpoints import LoadReport, load_video_llm
 from callm.vlm.config import VLMConfig, load_config
 from callm.vlm.frames import FramePreprocessor, focus, sample_indices, to_rgb
 from callm.vlm.model import GenerationOptions, VideoLLM
 from callm.vlm.prompt import video_message
+from callm.vlm.weights.assemble import LoadReport
+from callm.vlm.weights.loaders import load_video_llm
 
 Verdict = Literal["anomaly", "normal"]
 YES_OR_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)

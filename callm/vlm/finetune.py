@@ -37,11 +37,11 @@ from callm.device import autocast, parse_dtype
 from callm.errors import CallmError
 from callm.files import write_json_atomic, write_text_atomic
 from callm.video import DEFAULT_FOLDER_FPS, Video
-from callm.vlm.checkpoints import save_video_llama
 from callm.vlm.config import config_toml
 from callm.vlm.explain import Explainer
 from callm.vlm.frames import iter_clips, sample_indices, window_indices
 from callm.vlm.model import PromptTokens, VideoLLM
+from callm.vlm.weights.loaders import save_video_llama
 
 VIDEO_LLAMA_FILE = "video_llama.pth"
 CONFIG_FILE = "vlm.toml"

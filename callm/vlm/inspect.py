@@ -20,23 +20,13 @@ from callm.ae.calibrate import Calibration
 from callm.errors import CallmError
 from callm.vador import adaptor
 from callm.vador import weights as vador_weights
-from callm.vlm.checkpoints import (
-    DEFAULT_QUERY_TOKENS,
-    MappedWeights,
-    ModelFiles,
-    arch_config,
-    check_llm,
-    check_parts,
-    frame_encoder_parts,
-    header_shapes,
-    load_video_qformer,
-    map_lavis_qformer,
-    map_lavis_vision,
-    read_checkpoint,
-    token_count,
-)
 from callm.vlm.config import VLMConfig
 from callm.vlm.model import FrameEncoder
+from callm.vlm.weights.assemble import arch_config, check_parts, token_count
+from callm.vlm.weights.files import ModelFiles, header_shapes, read_checkpoint
+from callm.vlm.weights.keys import MappedWeights, map_lavis_qformer, map_lavis_vision
+from callm.vlm.weights.llm import check_llm
+from callm.vlm.weights.loaders import DEFAULT_QUERY_TOKENS, frame_encoder_parts, load_video_qformer
 from callm.weights_folder import WeightsFolder
 
 DESCRIPTIONS = {

@@ -1,6 +1,6 @@
 """Video-LLaMA's vision-language branch as plain modules: frame encoder, video Q-Former, and the LLM around them.
 
-Nothing here reads a file; ``callm.vlm.checkpoints`` builds these modules and fills them.
+Nothing here reads a file; ``callm.vlm.weights`` builds these modules and fills them.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from transformers import (
 from vlm_layouts import lavis_qformer_checkpoint, lavis_vit_state
 from vlm_tiny import LLM_WIDTH, TINY_QFORMER, TINY_VISION, VOCAB, SavedBlip2, make_tokenizer, randomize, write_config
 
-from callm.vlm.checkpoints import save_video_llama, video_qformer_config
 from callm.vlm.explain import Explainer
 from callm.vlm.model import VideoQFormer
+from callm.vlm.weights.loaders import save_video_llama, video_qformer_config
 
 torch.set_num_threads(1)
 

@@ -19,11 +19,11 @@ from callm.errors import CallmError
 from callm.files import append_jsonl
 from callm.vlm import finetune as finetune_module
 from callm.vlm.caption import CaptionItem
-from callm.vlm.checkpoints import read_checkpoint
 from callm.vlm.config import load_config
 from callm.vlm.explain import Explainer
 from callm.vlm.finetune import FinetuneSettings, finetune, read_instructions
 from callm.vlm.model import IGNORE_INDEX
+from callm.vlm.weights.files import read_checkpoint
 
 # Answers in the tiny tokenizer's words, so every answer token is a real one (no <unk>).
 TEMPLATES = (

@@ -29,11 +29,11 @@ from callm.vador.adaptor import (
 from callm.vador.features import FeatureIndex
 from callm.vador.online import OnlineScorer, template_answer
 from callm.vador.weights import load
-from callm.vlm.checkpoints import load_language_model
 from callm.vlm.config import load_config
 from callm.vlm.explain import generation_options
 from callm.vlm.inspect import inspect_weights
 from callm.vlm.model import IGNORE_INDEX
+from callm.vlm.weights.llm import load_language_model
 
 CPU = ["--device", "cpu", "--dtype", "fp32"]
 VADOR_TRAIN = ["--epochs", "4", "--lr", "3e-3", "--batch-size", "4"]

@@ -14,14 +14,9 @@ from vlm_layouts import FROZEN_VIDEO_LLAMA_KEYS, official_video_llama_checkpoint
 from vlm_tiny import LLM_WIDTH, TINY_QFORMER, TINY_VISION, SavedBlip2
 
 from callm.errors import CallmError
-from callm.vlm.checkpoints import (
-    bert_qformer_key,
-    lavis_qformer_key,
-    load_frame_encoder,
-    load_video_qformer,
-    read_checkpoint,
-    save_video_llama,
-)
+from callm.vlm.weights.files import read_checkpoint
+from callm.vlm.weights.keys import bert_qformer_key, lavis_qformer_key
+from callm.vlm.weights.loaders import load_frame_encoder, load_video_qformer, save_video_llama
 
 
 def test_lavis_and_hf_layouts_give_the_same_frame_tokens(blip2_hf: SavedBlip2, lavis_files: tuple[Path, Path]) -> None:

@@ -12,12 +12,12 @@ from transformers import Blip2QFormerConfig
 from vlm_tiny import TINY_QFORMER
 
 from callm.errors import CallmError
-from callm.vlm.checkpoints import save_video_llama, video_qformer_config
 from callm.vlm.config import load_config
 from callm.vlm.explain import Explainer, parse_verdict
 from callm.vlm.frames import crop_region, focus, sample_indices, to_rgb
 from callm.vlm.model import VideoQFormer
 from callm.vlm.prompt import PLACEHOLDER
+from callm.vlm.weights.loaders import save_video_llama, video_qformer_config
 
 
 def test_explain_is_deterministic_on_a_grey_window_with_a_box(explainer: Explainer, window: np.ndarray) -> None:

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from callm.errors import CallmError
-from callm.vlm.checkpoints import load_frame_encoder, load_llm
+from callm.vlm.weights.llm import load_llm
+from callm.vlm.weights.loaders import load_frame_encoder
 
 CPU = torch.device("cpu")
 

@@ -1,7 +1,7 @@
 """The published checkpoint layouts, written out by the tests from their own key tables.
 
 These are deliberately a second, independent spelling of the layouts (HF -> LAVIS here, LAVIS -> HF in
-callm.vlm.checkpoints), so a wrong rename on either side shows up as a missing key or a different output.
+callm.vlm.weights), so a wrong rename on either side shows up as a missing key or a different output.
 The key names follow LAVIS's eva_vit.py / Qformer.py and Video-LLaMA's video_llama.py.
 """
 
