@@ -34,10 +34,12 @@ import torch
 
 from callm.ae.calibrate import Calibration
 from callm.ae.weights import load
-from callm.cascade import Detection, DetectOptions, Stage1
+from callm.cascade import DetectOptions, Stage1
 from callm.device import fastest_dtype, parse_dtype, pick_device
-from callm.evaluate import gate_coverage, test_videos
+from callm.evaluate import gate_coverage
 from callm.metrics import minmax, read_frame_labels, roc_auc
+from callm.results import Detection
+from callm.video import testing_videos
 
 REPO = Path(__file__).resolve().parent.parent
 FLOW_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -96,7 +98,7 @@ def main() -> None:
     device = pick_device("auto")
     weights = load(args.weights, device)
     calibration = Calibration.from_dict(weights.calibration)
-    videos = test_videos(args.data)
+    videos = testing_videos(args.data)
     dtypes = args.dtype or ["fp32", "bf16"]
     training = weights.training
     print(f"weights {args.weights}: config {weights.config.to_dict()}")

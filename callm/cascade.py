@@ -5,29 +5,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration
-from callm.ae.events import Event, find_events, gated_windows, window_starts
+from callm.ae.events import find_events, gated_windows
 from callm.ae.score import FrameScorer, scored_range
 from callm.ae.weights import AEWeights, load
 from callm.device import parse_dtype, pick_device
 from callm.errors import CallmError
-from callm.files import read_json
-from callm.metrics import minmax
-from callm.video import DEFAULT_FOLDER_FPS, WINDOW, Video, check_fps
+from callm.results import Detection, Explanation, LTCResult
+from callm.video import DEFAULT_FOLDER_FPS, Video, check_fps, window_starts
 
 if TYPE_CHECKING:  # stage 2 and the VADor are imported only by callers that asked for them
     from callm.vador.online import VADorDetector
     from callm.vlm.explain import Explainer
+    from callm.vlm.frames import CallGrouping
 
-CallGrouping = Literal["event", "window"]
 FramesDone = Callable[[int, int | None], None]
 
 
@@ -53,136 +52,6 @@ class DetectOptions:
         check_fps(self.folder_fps)
         if self.stride is not None:
             scored_range(self.stride)
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Stage 2's answer about one event."""
-
-    verdict: str  # "anomaly" or "normal"
-    text: str
-    explicit: bool  # False when the answer held no yes/no and the verdict fell back to "anomaly"
-    window_starts: list[int]  # the gated windows the model was shown
-    frames: list[int]  # the frames sampled from them
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "explanation": self.text,
-            "verdict_explicit": self.explicit,
-            "vlm_windows": self.window_starts,
-            "vlm_frames": self.frames,
-        }
-
-
-@dataclass(frozen=True)
-class LTCResult:
-    """What the VADor (+ Long-Term Context) found in a video: clip scores, its own events and its answer."""
-
-    clips: list[tuple[int, int]]  # [start, end) frames of each clip
-    clip_scores: list[float]  # abnormal probability per clip
-    events: list[Event]
-    answer: str  # VAD-LLaMA's time-stamped answer
-    answer_source: str  # "template", or "llm" when a phase-3 adaptor wrote it
-    threshold: float  # the clip score above which a clip is abnormal
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "clips": [list(c) for c in self.clips],
-            "clip_scores": [round(float(s), 4) for s in self.clip_scores],
-            "threshold": round(self.threshold, 4),
-            "events": [{**e.to_dict(), "found_by": "ltc"} for e in self.events],
-            "answer": self.answer,
-            "answer_source": self.answer_source,
-        }
-
-
-@dataclass
-class Detection:
-    """Everything stage 1 found in one video; ``to_dict`` is the documented JSON layout."""
-
-    video: str
-    fps: float
-    num_frames: int
-    frame_size: tuple[int, int]  # (height, width) of the original frames
-    threshold: float
-    psnr: np.ndarray  # per frame, before smoothing: the autoencoder's signal
-    scores: np.ndarray  # calibrated, higher = more abnormal; the threshold applies to these
-    events: list[Event]
-    window_starts: list[int]
-    gated_starts: list[int]
-    seconds: float
-    settings: dict[str, Any] = field(default_factory=dict)
-    explanations: list[Explanation] | None = None  # one per event once stage 2 ran, None without it
-    vlm_calls: int = 0
-    ltc: LTCResult | None = None  # the VAD-LLaMA path's own finding, with --explainer ltc
-    speed: np.ndarray | None = None  # per frame, dB: the optical-flow signal, when the weights use it
-    fps_source: str = "container"  # see VideoInfo.fps_source; "assumed" means every time is a guess
-
-    @property
-    def scores_minmax(self) -> np.ndarray:
-        """Per-video min-max normalised score, the benchmark protocol (needs the whole video)."""
-        return minmax(self.scores)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Detection:
-        """The Detection a ``to_dict`` (a ``detect --json`` file) was written from; KeyError etc. if it is not one."""
-        num_frames = int(data["num_frames"])
-        explanations = None
-        if "vlm_calls" in data:  # stage 2 ran: every event carries its verdict
-            explanations = [
-                Explanation(e["verdict"], e["explanation"], e["verdict_explicit"], e["vlm_windows"], e["vlm_frames"])
-                for e in data["events"]
-            ]
-        return cls(
-            video=data["video"],
-            fps=float(data["fps"]),
-            num_frames=num_frames,
-            frame_size=(int(data["frame_size"][0]), int(data["frame_size"][1])),
-            threshold=float(data["threshold"]),
-            psnr=np.asarray(data["psnr"], dtype=np.float64),
-            speed=np.asarray(data["speed"], dtype=np.float64) if "speed" in data else None,
-            fps_source=data.get("fps_source", "container"),
-            scores=np.asarray(data["scores"], dtype=np.float64),
-            events=[Event(**{f.name: event[f.name] for f in fields(Event)}) for event in data["events"]],
-            window_starts=window_starts(num_frames),
-            gated_starts=[int(s) for s in data["gated_window_starts"]],
-            seconds=float(data["seconds"]),
-            settings=data.get("settings", {}),
-            explanations=explanations,
-            vlm_calls=int(data.get("vlm_calls", 0)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        events = [e.to_dict() for e in self.events]
-        if self.explanations is not None:
-            for event, explanation in zip(events, self.explanations, strict=True):
-                event.update(explanation.to_dict())
-        for event in events:
-            event["found_by"] = "stage1"
-        result = {
-            "video": self.video,
-            "fps": self.fps,
-            "fps_source": self.fps_source,
-            "num_frames": self.num_frames,
-            "frame_size": list(self.frame_size),
-            "threshold": self.threshold,
-            "scores": [round(float(s), 4) for s in self.scores],
-            "scores_minmax": [round(float(s), 4) for s in self.scores_minmax],
-            "psnr": [round(float(p), 3) for p in self.psnr],
-            **({"speed": [round(float(v), 3) for v in self.speed]} if self.speed is not None else {}),
-            "events": events,
-            "windows_total": len(self.window_starts),
-            "windows_gated": len(self.gated_starts),
-            "gated_window_starts": self.gated_starts,
-            "seconds": round(self.seconds, 3),
-            "settings": self.settings,
-        }
-        if self.explanations is not None:
-            result["vlm_calls"] = self.vlm_calls
-        if self.ltc is not None:
-            result["ltc"] = self.ltc.to_dict()
-        return result
 
 
 class Stage1:
@@ -251,33 +120,6 @@ class Stage1:
         )
 
 
-def read_detection(path: str | Path) -> Detection:
-    """A ``callm detect --json`` file (or a scan's per-video JSON) back as a Detection."""
-    try:
-        return Detection.from_dict(read_json(path))
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise CallmError(f"{path}: not a callm detect JSON file (written by callm detect --json)") from None
-
-
-def call_frames(window_starts: list[int], count: int) -> list[int]:
-    """The ``count`` frames a stage-2 call about these (adjacent) windows shows, sampled across all of them."""
-    from callm.vlm.frames import window_indices
-
-    return window_indices(window_starts[0], window_starts[-1] + WINDOW, count)
-
-
-def stage2_calls(detection: Detection, grouping: CallGrouping) -> list[tuple[int, list[int]]]:
-    """(event index, window starts) for each stage-2 call: an event's gated windows in one call, or one each."""
-    calls = []
-    for index, event in enumerate(detection.events):
-        starts = [s for s in detection.gated_starts if s <= event.end_frame and s + WINDOW > event.start_frame]
-        if grouping == "event":
-            calls.append((index, starts))
-        else:
-            calls.extend((index, [s]) for s in starts)
-    return calls
-
-
 class Stage2:
     """Puts each gated event in front of the video LLM and records its verdict."""
 
@@ -287,6 +129,8 @@ class Stage2:
         self.folder_fps = folder_fps
 
     def explain(self, detection: Detection, progress: Progress | None = None) -> None:
+        from callm.vlm.frames import call_frames, stage2_calls
+
         calls = stage2_calls(detection, self.grouping)
         sampled = [call_frames(starts, self.explainer.config.frames) for _, starts in calls]
         # One decoding pass fetches every sampled frame, at full size and in colour, for all calls.

@@ -9,28 +9,12 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from callm.cascade import Detection, Stage1
+from callm.cascade import Stage1
 from callm.console import FrameBar
 from callm.errors import CallmError
-from callm.metrics import parse_ucsd_m, read_frame_labels, roc_auc
-from callm.video import Video, find_videos, natural_key
-
-
-def test_videos(root: Path) -> list[Path]:
-    """Test videos of a dataset root: ``testing/frames/<video>/`` (the community layout) or the root's own."""
-    for candidate in (root / "testing" / "frames", root / "testing", root):
-        if candidate.is_dir():
-            videos = [p for p in find_videos([candidate]) if p != candidate]
-            if videos:
-                return sorted(videos, key=lambda p: natural_key(p.name))
-    raise CallmError(f"{root}: no test videos (expected testing/frames/<video>/ frame folders)")
-
-
-def default_labels(root: Path) -> Path:
-    found = sorted(root.glob("*.m")) + sorted(root.glob("*.npy"))
-    if len(found) != 1:
-        raise CallmError(f"{root}: pass --labels (a UCSD .m ground-truth file or a .npy of frame labels)")
-    return found[0]
+from callm.metrics import default_labels, parse_ucsd_m, read_frame_labels, roc_auc
+from callm.results import Detection
+from callm.video import Video, testing_videos
 
 
 @dataclass
@@ -69,7 +53,7 @@ def check_labels(labels_path: Path, videos: list[Path], folder_fps: float) -> No
 
 
 def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Progress | None = None) -> dict[str, Any]:
-    videos = test_videos(root)
+    videos = testing_videos(root)
     labels_path = labels_path or default_labels(root)
     check_labels(labels_path, videos, stage1.options.folder_fps)
     detections = []

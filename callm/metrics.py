@@ -101,3 +101,10 @@ def read_frame_labels(path: str | Path, video_lengths: Sequence[int]) -> list[np
             labels.append(video)
         return labels
     raise CallmError(f"{path}: unknown labels format; use a UCSD .m ground-truth file or a .npy of 0/1 labels")
+
+
+def default_labels(root: Path) -> Path:
+    found = sorted(root.glob("*.m")) + sorted(root.glob("*.npy"))
+    if len(found) != 1:
+        raise CallmError(f"{root}: pass --labels (a UCSD .m ground-truth file or a .npy of frame labels)")
+    return found[0]

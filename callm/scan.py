@@ -52,7 +52,8 @@ from callm.files import (
 from callm.video import Video, find_videos
 
 if TYPE_CHECKING:
-    from callm.cascade import Detection, Stage1, Stage1Recipe
+    from callm.cascade import Stage1, Stage1Recipe
+    from callm.results import Detection
 
 Engine = Literal["local", "ray"]
 ExplainStep = Callable[["Detection"], None]  # adds its findings to a stage-1 detection

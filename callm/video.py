@@ -210,6 +210,16 @@ def iter_windows(
     yield Window(final_start, np.stack(buffer), True)
 
 
+def window_starts(num_frames: int) -> list[int]:
+    """The tiling of a video into 16-frame windows: every 16 frames, the last one ending on the last frame."""
+    if num_frames < WINDOW:
+        return []
+    starts = list(range(0, num_frames - WINDOW + 1, WINDOW))
+    if starts[-1] != num_frames - WINDOW:
+        starts.append(num_frames - WINDOW)
+    return starts
+
+
 def batched_windows(windows: Iterable[Window], size: int) -> Iterator[list[Window]]:
     """Consecutive lists of ``size`` windows (the last may be shorter): one model batch each."""
     batch: list[Window] = []
@@ -305,3 +315,13 @@ def find_videos(paths: Sequence[str | Path]) -> list[Path]:
         if len(found) == before:
             raise CallmError(f"{path}: no videos or frame folders found under this folder")
     return list(dict.fromkeys(found))  # a video reached twice (a path given twice, or nested) counts once
+
+
+def testing_videos(root: Path) -> list[Path]:
+    """Test videos of a dataset root: ``testing/frames/<video>/`` (the community layout) or the root's own."""
+    for candidate in (root / "testing" / "frames", root / "testing", root):
+        if candidate.is_dir():
+            videos = [p for p in find_videos([candidate]) if p != candidate]
+            if videos:
+                return sorted(videos, key=lambda p: natural_key(p.name))
+    raise CallmError(f"{root}: no test videos (expected testing/frames/<video>/ frame folders)")

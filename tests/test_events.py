@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from callm.ae.events import Event, find_events, gated_windows, window_starts
+from callm.ae.events import find_events, gated_windows
+from callm.results import Event
+from callm.video import window_starts
 
 
 def boxes_for(n: int) -> np.ndarray:

@@ -15,9 +15,10 @@ import pytest
 from helpers import assert_user_error
 from synthetic import make_frames, write_frame_folder, write_video
 
-from callm.cascade import Detection, DetectOptions, Stage1, Stage1Recipe
+from callm.cascade import DetectOptions, Stage1, Stage1Recipe
 from callm.cli import app
 from callm.errors import CallmError
+from callm.results import Detection
 from callm.scan import SUMMARY, VIDEOS_DIR, scan
 
 SCAN_ARGS = ["--device", "cpu", "--dtype", "fp32"]

@@ -64,7 +64,7 @@ def test_the_shipped_vador_answers_with_the_time_of_the_anomaly(tmp_path: Path) 
 
 
 def test_weights_check_knows_the_shipped_folders() -> None:
-    from callm.vlm.inspect import inspect_weights
+    from callm.inspect import inspect_weights
 
     for folder, kind in (("ped2", "callm-ae"), ("ped2-vador", "callm-vador")):
         info = inspect_weights(REPO / "weights" / folder)

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from callm.ae.events import window_starts
 from callm.ae.motion import SpeedProfile, speed_signal
 from callm.ae.score import ErrorMeasure
 from callm.errors import CallmError
-from callm.video import WINDOW
+from callm.video import WINDOW, window_starts
 
 VERSION = 2
 TAIL_SHARE = 0.2  # the exponential tail is fitted to the highest fifth of the normal windows

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 
-from callm.video import WINDOW
-
-
-@dataclass(frozen=True)
-class Event:
-    start_frame: int
-    end_frame: int  # inclusive
-    start_s: float
-    end_s: float  # end of the last frame, so a one-frame event lasts 1 / fps
-    peak_frame: int
-    peak_score: float
-    box: list[int]  # [x0, y0, x1, y1] in original-frame pixels, at the peak frame
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from callm.results import Event
+from callm.video import WINDOW, window_starts
 
 
 def find_events(
@@ -56,16 +40,6 @@ def find_events(
             )
         )
     return events
-
-
-def window_starts(num_frames: int) -> list[int]:
-    """The tiling of a video into 16-frame windows: every 16 frames, the last one ending on the last frame."""
-    if num_frames < WINDOW:
-        return []
-    starts = list(range(0, num_frames - WINDOW + 1, WINDOW))
-    if starts[-1] != num_frames - WINDOW:
-        starts.append(num_frames - WINDOW)
-    return starts
 
 
 def gated_windows(events: list[Event], num_frames: int) -> list[int]:

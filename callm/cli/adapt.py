@@ -134,7 +134,7 @@ def instruct(
                 torch_device,
                 parse_dtype(dtype, torch_device),
             )
-            spans = stage1_spans(videos, model, progress)
+            spans = stage1_spans(videos, model.detect, progress)
         else:
             spans = {}
     items, summary = build_instructions(records, spans, out, style, chosen_templates, balance, seed)

@@ -32,7 +32,7 @@ from callm.errors import CallmError
 from callm.video import Video
 
 if TYPE_CHECKING:
-    from callm.cascade import Detection
+    from callm.results import Detection
     from callm.vlm.chat import Chat
 
 SLASH_COMMANDS = {
@@ -113,7 +113,7 @@ def chat(
 
 
 def _report(path: Path, video: Path) -> Detection:
-    from callm.cascade import read_detection
+    from callm.results import read_detection
 
     detection = read_detection(path)
     if Path(detection.video).name != video.name:

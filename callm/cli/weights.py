@@ -22,8 +22,8 @@ def weights_check(
     vlm: Annotated[Path | None, typer.Option(help="Stage-2 config whose architecture settings apply.")] = None,
 ) -> None:
     """Say what a weights file or folder is, its size, and whether callm can load it (exit 0 only then)."""
+    from callm.inspect import inspect_weights
     from callm.vlm.config import load_config
-    from callm.vlm.inspect import inspect_weights
 
     if not path.exists():
         raise CallmError(f"{path}: no such file or directory")

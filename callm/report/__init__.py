@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from callm.cascade import Detection
 from callm.files import write_json_atomic
+from callm.results import Detection
 from callm.scan import ScanSummary
 
 

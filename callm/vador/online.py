@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from callm.ae.events import Event, find_events
+from callm.ae.events import find_events
+from callm.results import Event, timed_answer
 from callm.vador.features import ClipEncoder, iter_clip_features
 from callm.vador.model import ContextLists, VADor, abnormal_probability
 from callm.vador.weights import VADorWeights
 from callm.video import Video
-from callm.vlm.instruct import timed_answer
 
 if TYPE_CHECKING:  # the LLM is loaded only when an adaptor is given
     from callm.vador.adaptor import AdaptorLLM

@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from callm.cascade import Detection, call_frames, stage2_calls
 from callm.errors import CallmError
 from callm.files import read_json, write_json_atomic
+from callm.results import Detection
 from callm.video import Video
 from callm.vlm.explain import Explainer
-from callm.vlm.frames import sample_indices, window_indices
+from callm.vlm.frames import call_frames, sample_indices, stage2_calls, window_indices
 from callm.vlm.prompt import PLACEHOLDER, video_message
 
 EARLIER_CLIP = "an earlier clip, no longer shown"

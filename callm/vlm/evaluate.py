@@ -16,9 +16,8 @@ from typing import Any
 from rich.progress import Progress
 
 from callm.errors import CallmError
-from callm.evaluate import default_labels, test_videos
-from callm.metrics import read_frame_labels
-from callm.video import DEFAULT_FOLDER_FPS, Video
+from callm.metrics import default_labels, read_frame_labels
+from callm.video import DEFAULT_FOLDER_FPS, Video, testing_videos
 from callm.vlm.explain import Explainer
 from callm.vlm.frames import iter_clips, sample_indices
 
@@ -58,7 +57,7 @@ def read_video_list(path: Path) -> list[LabelledVideo]:
 
 def labelled_dataset(root: Path, labels: Path | None, folder_fps: float) -> list[LabelledVideo]:
     """The test videos of a dataset root (as ``callm eval`` finds them); a video is abnormal if any frame is."""
-    videos = test_videos(root)
+    videos = testing_videos(root)
     lengths = [Video(v, folder_fps=folder_fps).info.num_frames for v in videos]
     frame_labels = read_frame_labels(labels or default_labels(root), lengths)
     return [LabelledVideo(v, bool(f.any())) for v, f in zip(videos, frame_labels, strict=True)]

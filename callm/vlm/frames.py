@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -11,10 +12,12 @@ from transformers import BlipImageProcessorPil
 from transformers.image_utils import PILImageResampling
 
 from callm.errors import CallmError
-from callm.video import Video
+from callm.results import Detection
+from callm.video import WINDOW, Video
 from callm.vlm.config import FOCUS_MODES, Focus
 
 BOX_COLOUR = (255, 0, 0)  # red on RGB frames
+CallGrouping = Literal["event", "window"]
 
 
 def sample_indices(num_frames: int, count: int) -> list[int]:
@@ -26,6 +29,23 @@ def sample_indices(num_frames: int, count: int) -> list[int]:
 def window_indices(start: int, end: int, count: int) -> list[int]:
     """The frames of ``[start, end)`` that a clip of ``count`` frames shows, sampled as ``sample_indices`` does."""
     return [start + i for i in sample_indices(end - start, count)]
+
+
+def call_frames(window_starts: list[int], count: int) -> list[int]:
+    """The ``count`` frames a stage-2 call about these (adjacent) windows shows, sampled across all of them."""
+    return window_indices(window_starts[0], window_starts[-1] + WINDOW, count)
+
+
+def stage2_calls(detection: Detection, grouping: CallGrouping) -> list[tuple[int, list[int]]]:
+    """(event index, window starts) for each stage-2 call: an event's gated windows in one call, or one each."""
+    calls = []
+    for index, event in enumerate(detection.events):
+        starts = [s for s in detection.gated_starts if s <= event.end_frame and s + WINDOW > event.start_frame]
+        if grouping == "event":
+            calls.append((index, starts))
+        else:
+            calls.extend((index, [s]) for s in starts)
+    return calls
 
 
 def iter_clips(video: Video, clips: Sequence[Sequence[int]]) -> Iterator[tuple[int, np.ndarray]]:

@@ -24,11 +24,11 @@ import re
 import string
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from rich.progress import Progress
@@ -36,10 +36,8 @@ from rich.progress import Progress
 from callm.errors import CallmError
 from callm.files import write_json_atomic
 from callm.metrics import read_frame_labels
+from callm.results import Detection, time_ranges_text, timed_answer
 from callm.video import Video, natural_key
-
-if TYPE_CHECKING:  # stage 1 is loaded only by callers that score videos
-    from callm.cascade import Stage1
 
 AnswerStyle = Literal["describe", "timed"]
 ANSWER_STYLES: tuple[AnswerStyle, ...] = ("describe", "timed")
@@ -106,33 +104,6 @@ def read_templates(path: str | Path | None = None) -> InstructTemplates:
 @functools.cache
 def shipped_templates() -> InstructTemplates:
     return read_templates()
-
-
-def format_seconds(seconds: float) -> str:
-    """1.5 -> "1.5s", 2.0 -> "2s": tenths of a second, as VAD-LLaMA's answers give them."""
-    return f"{round(seconds, 1):g}s"
-
-
-def time_ranges_text(ranges: Sequence[tuple[float, float]]) -> str:
-    """ "from 1.5s to 2s and from 3s to 3.5s": ranges in seconds, sorted and merged where they touch."""
-    merged: list[list[float]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return " and ".join(f"from {format_seconds(start)} to {format_seconds(end)}" for start, end in merged)
-
-
-def timed_answer(ranges: Sequence[tuple[float, float]], templates: InstructTemplates | None = None) -> str:
-    """VAD-LLaMA's answer for a clip: "Yes, there are anomalies from 1.5s to 2s." or "No, there are no anomalies."
-
-    ``ranges``: the abnormal (start, end) times in seconds, empty for a normal clip.
-    """
-    answers = (templates or shipped_templates()).answers
-    if not ranges:
-        return answers["timed_normal"].format(caption="", what="", times="")
-    return answers["timed_abnormal"].format(caption="", what="", times=time_ranges_text(ranges))
 
 
 def as_sentence(text: str) -> str:
@@ -233,13 +204,13 @@ def phrase_spans(videos: Sequence[CaptionVideo], phrases_path: Path) -> dict[str
 
 
 def stage1_spans(
-    videos: Sequence[CaptionVideo], stage1: Stage1, progress: Progress | None = None
+    videos: Sequence[CaptionVideo], detect: Callable[[str], Detection], progress: Progress | None = None
 ) -> dict[str, list[Span]]:
-    """Stage 1's events in each captioned video, with their boxes."""
+    """Stage 1's events in each captioned video (``detect``: stage 1's detect), with their boxes."""
     spans = {}
     task = progress.add_task("stage 1", total=len(videos)) if progress else None
     for video in videos:
-        detection = stage1.detect(video.name)
+        detection = detect(video.name)
         spans[video.name] = [Span(e.start_frame, e.end_frame + 1, box=e.box) for e in detection.events]
         if progress is not None and task is not None:
             progress.update(task, advance=1)
@@ -280,7 +251,7 @@ def window_answer(
     hits = [s for s in spans if s.start < end and s.end > start]
     ranges = [(max(s.start, start) / fps, min(s.end, end) / fps) for s in hits]
     if style == "timed":
-        return timed_answer(ranges, templates), hits
+        return timed_answer(ranges, templates.answers["timed_abnormal"], templates.answers["timed_normal"]), hits
     caption = as_sentence(record["caption"])
     phrases = list(dict.fromkeys(s.phrase for s in hits if s.phrase))
     what = " ".join(phrases) if phrases else caption

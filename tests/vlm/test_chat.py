@@ -11,10 +11,11 @@ from helpers import assert_user_error
 from rich.prompt import Prompt
 from synthetic import make_frames, write_video
 
-from callm.ae.events import Event, gated_windows, window_starts
-from callm.cascade import Detection, read_detection
+from callm.ae.events import gated_windows
 from callm.cli import app
 from callm.errors import CallmError
+from callm.results import Detection, Event, read_detection
+from callm.video import window_starts
 from callm.vlm.chat import Chat, Turn, read_turns
 from callm.vlm.explain import Explainer
 from callm.vlm.model import ReplyStreamer

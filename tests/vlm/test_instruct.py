@@ -17,8 +17,9 @@ from callm.cascade import DetectOptions, Stage1
 from callm.cli import app
 from callm.errors import CallmError
 from callm.files import append_jsonl
+from callm.results import format_seconds, time_ranges_text, timed_answer
 from callm.vlm.caption import CaptionItem
-from callm.vlm.instruct import as_sentence, format_seconds, read_templates, time_ranges_text, timed_answer
+from callm.vlm.instruct import as_sentence, read_templates
 from callm.vlm.prompt import DEFAULT_QUESTION
 
 TEMPLATES = read_templates()
@@ -204,3 +205,10 @@ def test_every_question_asks_whether_something_is_abnormal(tmp_path: Path) -> No
     inverted.write_text(f'questions = ["Is this normal? Answer yes if something is abnormal."]\n[answers]\n{answers}\n')
     with pytest.raises(CallmError, match="asks whether something is normal"):
         read_templates(inverted)
+
+
+def test_the_shipped_timed_answers_are_vad_llamas() -> None:
+    """`callm instruct`'s shipped timed answers and the VADor's answers are the same texts."""
+    from callm.results import TIMED_ABNORMAL, TIMED_NORMAL
+
+    assert (TEMPLATES.answers["timed_abnormal"], TEMPLATES.answers["timed_normal"]) == (TIMED_ABNORMAL, TIMED_NORMAL)

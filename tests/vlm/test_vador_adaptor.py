@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from callm.cli import app
 from callm.errors import CallmError
+from callm.inspect import inspect_weights
 from callm.vador import phase3
 from callm.vador.adaptor import (
     DEFAULT_QUESTION,
@@ -31,7 +32,6 @@ from callm.vador.online import OnlineScorer, template_answer
 from callm.vador.weights import load
 from callm.vlm.config import load_config
 from callm.vlm.explain import generation_options
-from callm.vlm.inspect import inspect_weights
 from callm.vlm.model import IGNORE_INDEX
 from callm.vlm.weights.llm import load_language_model
 

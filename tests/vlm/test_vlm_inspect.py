@@ -12,8 +12,8 @@ from vlm_tiny import SavedBlip2
 from callm.ae.model import AEConfig, ConvAutoencoder3d
 from callm.ae.weights import AEWeights, save
 from callm.errors import CallmError
+from callm.inspect import inspect_weights
 from callm.vlm.config import VLMConfig, load_config
-from callm.vlm.inspect import inspect_weights
 from callm.vlm.weights.files import read_checkpoint
 
 
