@@ -38,7 +38,7 @@ def scanned(runner_module, weights_dir: Path, tmp_path_factory: pytest.TempPathF
     write_video(folder / "lobby.avi", make_frames(64, seed=12, intruder=(8, 30)))
     (folder / "broken.mp4").write_text("not a video")
     run = tmp_path_factory.mktemp("run")
-    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), "--device", "cpu", "--threshold", "0"]
+    args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), "--device", "cpu", "--threshold", "0"]
     result = runner_module.invoke(app, args)
     assert result.exit_code == 1, result.output  # broken.mp4
     return run

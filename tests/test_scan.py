@@ -69,7 +69,7 @@ def test_scan_isolates_bad_files_and_a_rerun_does_no_work(
     runner, archive: Path, weights_dir: Path, tmp_path: Path, detect_calls: list[str]
 ) -> None:
     run = tmp_path / "run"
-    result = runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    result = runner.invoke(app, ["scan", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
     assert result.exit_code == 1, result.output  # some files failed
     assert "Traceback" not in result.output
     records = by_name(summary_lines(run))
@@ -90,13 +90,13 @@ def test_scan_isolates_bad_files_and_a_rerun_does_no_work(
     assert sorted(detect_calls) == sorted(GOOD | BAD)
 
     detect_calls.clear()
-    again = runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    again = runner.invoke(app, ["scan", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
     assert again.exit_code == 1  # the failures are still there, and still reported
     assert detect_calls == []  # but nothing was scanned again
     assert len(summary_lines(run)) == len(GOOD | BAD)
 
     retry = runner.invoke(
-        app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), "--retry-errors", *SCAN_ARGS]
+        app, ["scan", str(archive), "--out", str(run), "-w", str(weights_dir), "--retry-errors", *SCAN_ARGS]
     )
     assert retry.exit_code == 1
     assert sorted(detect_calls) == sorted(BAD)  # only the failed files are tried again
@@ -114,7 +114,7 @@ def two_videos(tmp_path: Path) -> Path:
 def test_a_changed_file_is_scanned_again(runner, weights_dir: Path, tmp_path: Path, detect_calls: list[str]) -> None:
     folder = two_videos(tmp_path)
     run = tmp_path / "run"
-    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
     write_video(folder / "b.avi", make_frames(40, seed=3))  # new size and mtime
     detect_calls.clear()
@@ -144,7 +144,7 @@ def test_a_video_an_explainer_cannot_handle_is_recorded_and_the_scan_goes_on(wei
 def test_a_line_cut_by_a_kill_is_dropped_and_redone(runner, weights_dir: Path, tmp_path: Path) -> None:
     folder = two_videos(tmp_path)
     run = tmp_path / "run"
-    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
     lines = (run / SUMMARY).read_text().splitlines()
     (run / SUMMARY).write_text(lines[0] + "\n" + lines[1][:25])  # the second line half written
@@ -157,7 +157,7 @@ def test_a_scan_killed_midway_completes_on_rerun_without_duplicates(weights_dir:
     for i in range(8):
         write_video(folder / f"v{i}.avi", make_frames(160, seed=i))
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "callm.cli", "detect", str(folder), "--out", str(run), "-w", str(weights_dir)]
+    command = [sys.executable, "-m", "callm.cli", "scan", str(folder), "--out", str(run), "-w", str(weights_dir)]
     command += [*SCAN_ARGS, "--stride", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -189,7 +189,7 @@ def _comparable(run: Path) -> dict[str, tuple]:
 
 def test_two_workers_give_the_same_summary_as_one(runner, archive: Path, weights_dir: Path, tmp_path: Path) -> None:
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    base = ["detect", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
+    base = ["scan", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, [*base, "--out", str(serial)]).exit_code == 1
     assert runner.invoke(app, [*base, "--out", str(parallel), "--workers", "2"]).exit_code == 1
     assert _comparable(parallel) == _comparable(serial)
@@ -200,7 +200,7 @@ def test_the_ray_engine_gives_the_same_summary_as_local(
 ) -> None:
     pytest.importorskip("ray")
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    base = ["detect", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
+    base = ["scan", str(archive), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, [*base, "--out", str(local)]).exit_code == 1
     result = runner.invoke(app, [*base, "--out", str(on_ray), "--engine", "ray"])
     assert result.exit_code == 1, result.output
@@ -210,15 +210,15 @@ def test_the_ray_engine_gives_the_same_summary_as_local(
             assert (on_ray / record["json"]).is_file(), name
 
 
-def test_batch_mode_needs_an_out_folder(runner, archive: Path, weights_dir: Path) -> None:
-    from helpers import assert_user_error
-
-    assert_user_error(runner.invoke(app, ["detect", str(archive), "-w", str(weights_dir)]), "--out")
+def test_detect_is_for_one_video_and_points_a_folder_to_scan(runner, archive: Path, weights_dir: Path) -> None:
+    assert_user_error(runner.invoke(app, ["detect", str(archive), "-w", str(weights_dir)]), "callm scan")
+    result = runner.invoke(app, ["scan", str(archive), "-w", str(weights_dir)])
+    assert result.exit_code == 2 and "--out" in result.output  # scan's --out is required by the command itself
 
 
 def test_report_rebuilds_from_the_run_folder(runner, archive: Path, weights_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    runner.invoke(app, ["detect", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
+    runner.invoke(app, ["scan", str(archive), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS])
     (run / "report.html").unlink()
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
@@ -233,7 +233,7 @@ def test_a_rerun_with_other_settings_is_refused(
     """Results of another threshold, stride or model must not sit silently beside the old ones."""
     folder = two_videos(tmp_path)
     run = tmp_path / "run"
-    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
     for extra, named in ((["--threshold", "5"], "threshold"), (["--stride", "4"], "stride")):
         result = runner.invoke(app, [*args, *extra])
@@ -243,7 +243,7 @@ def test_a_rerun_with_other_settings_is_refused(
     meta = json.loads((other / "ae.json").read_text())
     meta["calibration"]["threshold"] += 1
     (other / "ae.json").write_text(json.dumps(meta))
-    other_args = ["detect", str(folder), "--out", str(run), "-w", str(other), *SCAN_ARGS]
+    other_args = ["scan", str(folder), "--out", str(run), "-w", str(other), *SCAN_ARGS]
     assert_user_error(runner.invoke(app, other_args), "it was scanned with other weights")
     detect_calls.clear()
     assert runner.invoke(app, args).exit_code == 0  # the same settings again: nothing to redo
@@ -255,7 +255,7 @@ def test_a_deleted_or_damaged_result_is_scanned_again(
 ) -> None:
     folder = two_videos(tmp_path)
     run = tmp_path / "run"
-    args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+    args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
     assert runner.invoke(app, args).exit_code == 0
     records = by_name(summary_lines(run))
     (run / records["a.avi"]["json"]).unlink()
@@ -280,7 +280,7 @@ def test_a_second_scan_into_the_same_folder_is_refused(runner, weights_dir: Path
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 4242 on camhost, since 2026-01-01 00:00:00\n")
         held.flush()
-        args = ["detect", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
+        args = ["scan", str(folder), "--out", str(run), "-w", str(weights_dir), *SCAN_ARGS]
         assert_user_error(runner.invoke(app, args), "another scan is writing to this folder", "pid 4242")
     assert not (run / SUMMARY).exists()
 
@@ -311,7 +311,7 @@ def test_workers_die_with_a_killed_scan(weights_dir: Path, tmp_path: Path) -> No
     folder = tmp_path / "in"
     for i in range(4):
         write_video(folder / f"v{i}.avi", make_frames(400, seed=i))
-    command = [sys.executable, "-m", "callm.cli", "detect", str(folder), "--out", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "callm.cli", "scan", str(folder), "--out", str(tmp_path / "run")]
     command += ["-w", str(weights_dir), *SCAN_ARGS, "--stride", "1", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,7 +35,8 @@ from callm.errors import CallmError
 from callm.video import WINDOW, check_fps, find_videos, is_frame_folder
 
 if TYPE_CHECKING:
-    from callm.cascade import Stage1Recipe, Stage2
+    from callm.cascade import Stage1, Stage1Recipe, Stage2
+    from callm.results import Detection
     from callm.scan import ExplainStep
 
 
@@ -234,58 +235,56 @@ def _explain_config(path: Path | None, calls: str, dtype: str | None, device: st
     return vlm_config(path or Path(env or ""), dtype, device, load_8bit)
 
 
-@app.command()
-@user_errors
-def detect(
-    paths: Annotated[
-        list[Path], typer.Argument(help="A video file or frame folder; or folders of them to scan (needs --out).")
-    ],
-    weights: WeightsOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON here.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder of a batch scan.")] = None,
-    workers: Annotated[int, typer.Option(help="Batch scan: videos scored in parallel processes.", min=1)] = 1,
-    engine: Annotated[str, typer.Option(help="Batch scan: 'local' processes or a 'ray' cluster.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
-    retry_errors: Annotated[bool, typer.Option(help="Batch scan: rescan files that failed before.")] = False,
-    stride: StrideOpt = None,
-    threshold: ThresholdOpt = None,
-    min_event: Annotated[int, typer.Option(help="Drop events shorter than this many frames.")] = 5,
-    max_gap: Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")] = 10,
-    fps: FpsOpt = 10.0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    explain: Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")] = False,
-    explainer: Annotated[
-        str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
-    ] = "vlm",
-    vador: Annotated[
-        Path | None, typer.Option(help="Trained VADor folder (callm train-vador) for --explainer ltc.")
-    ] = None,
-    adaptor: Annotated[
-        Path | None,
-        typer.Option(
-            help="--explainer ltc: the VADor's phase-3 adaptor (finetune --adaptor); the LLM of --vlm answers."
-        ),
-    ] = None,
-    vlm: Annotated[
-        Path | None, typer.Option(help="Stage-2 config (TOML) naming its weights; default $CALLM_VLM_CONFIG.")
-    ] = None,
-    vlm_calls: Annotated[
-        str, typer.Option(help="'event': one stage-2 call per event over its gated windows; 'window': one each.")
-    ] = "event",
-    vlm_dtype: VlmDtypeOpt = None,
-    vlm_device: VlmDeviceOpt = None,
-    load_8bit: Load8bitOpt = False,
-) -> None:
-    """Find abnormal moments in a video, or scan folders of them into a run folder (--out).
+# The options every way of running the cascade shares (one video, a scan, a live watch): stage 1's and the
+# explainers'. Each command lists them in its own signature (typer reads options from signatures) through these.
+MinEventOpt = Annotated[int, typer.Option(help="Drop events shorter than this many frames.")]
+MaxGapOpt = Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")]
+ExplainOpt = Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")]
+ExplainerOpt = Annotated[
+    str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
+]
+VadorOpt = Annotated[Path | None, typer.Option(help="Trained VADor folder (callm train-vador) for --explainer ltc.")]
+AdaptorOpt = Annotated[
+    Path | None,
+    typer.Option(help="--explainer ltc: the VADor's phase-3 adaptor (finetune --adaptor); the LLM of --vlm answers."),
+]
+VlmConfigOpt = Annotated[
+    Path | None, typer.Option(help="Stage-2 config (TOML) naming its weights; default $CALLM_VLM_CONFIG.")
+]
+VlmCallsOpt = Annotated[
+    str, typer.Option(help="'event': one stage-2 call per event over its gated windows; 'window': one each.")
+]
 
-    With --explain, the stage-2 video LLM judges and explains each event.
-    """
-    check_output_file(json_out, "--json")
-    if out is not None:
-        check_output_folder(out)
-    from callm.report import detection_summary, events_table, write_json
 
+@dataclass
+class Cascade:
+    """Stage 1 built, and the explainers asked for, loaded: everything checked before a video is read."""
+
+    recipe: Stage1Recipe
+    stage1: Stage1
+    stage2: Stage2 | None
+    ltc: Any  # a VADorDetector for --explainer ltc
+    folder_fps: float
+    described: dict[str, Any]  # what the explainers are, for a scan's resume check
+
+    def explain(self, detection: Detection, progress: Any = None) -> None:
+        from callm.cascade import explain_with_ltc
+
+        if self.stage2 is not None:
+            self.stage2.explain(detection, progress)
+        if self.ltc is not None:
+            explain_with_ltc(detection, self.ltc, self.folder_fps)
+
+    def explain_steps(self) -> list[ExplainStep]:
+        """The explainers as steps a scan runs on each video stage 1 scored."""
+        return [self.explain] if self.stage2 is not None or self.ltc is not None else []
+
+
+def _cascade(
+    weights: Path | None, stride: int | None, threshold: float | None, min_event: int, max_gap: int, fps: float,
+    device: str, dtype: str, explain: bool, explainer: str, vador: Path | None, adaptor: Path | None,
+    vlm: Path | None, vlm_calls: str, vlm_dtype: str | None, vlm_device: str | None, load_8bit: bool,
+) -> Cascade:  # fmt: skip
     if explainer not in ("vlm", "ltc"):
         raise CallmError(f"--explainer must be 'vlm' or 'ltc', got {explainer!r}")
     if (explainer == "ltc") != (vador is not None):
@@ -299,41 +298,97 @@ def detect(
         raise CallmError("--vlm is only used with --explain or --adaptor")
     recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
     stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
-    from callm.cascade import explain_with_ltc
-
-    ltc = None
-    if vador is not None:
-        ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype, adaptor, stage2_config)
-    batch = out is not None or len(paths) > 1 or (paths[0].is_dir() and not is_frame_folder(paths[0]))
-    if batch:
-        if json_out is not None:
-            raise CallmError("--json is for one video; a batch scan writes its JSON files into --out")
-        if out is None:
-            find_videos(paths)  # a folder with nothing to scan gets that message, not this one
-            raise CallmError(f"{paths[0]}: scanning a folder needs --out RUN_DIR for its results")
-        if engine not in ("local", "ray"):
-            raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
-        explainers = [_stage2(stage2_config, vlm_calls, fps).explain] if explain else []
-        if ltc is not None:
-            explainers.append(partial(explain_with_ltc, detector=ltc, folder_fps=fps))
-        described = _explainers_described(stage2_config if explain else None, vlm_calls, vador, adaptor)
-        _scan(paths, out, recipe, engine, workers, address, retry_errors, explainers, described)
-        return
-    path = paths[0]
+    ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype, adaptor, stage2_config) if vador else None
     stage2 = _stage2(stage2_config, vlm_calls, fps) if explain else None  # its weights load before any scoring
+    described = _explainers_described(stage2_config if explain else None, vlm_calls, vador, adaptor)
+    return Cascade(recipe, stage1, stage2, ltc, fps, described)
+
+
+@app.command()
+@user_errors
+def detect(
+    path: Annotated[Path, typer.Argument(help="A video file or a folder of its frames.")],
+    weights: WeightsOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    stride: StrideOpt = None,
+    threshold: ThresholdOpt = None,
+    min_event: MinEventOpt = 5,
+    max_gap: MaxGapOpt = 10,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    explain: ExplainOpt = False,
+    explainer: ExplainerOpt = "vlm",
+    vador: VadorOpt = None,
+    adaptor: AdaptorOpt = None,
+    vlm: VlmConfigOpt = None,
+    vlm_calls: VlmCallsOpt = "event",
+    vlm_dtype: VlmDtypeOpt = None,
+    vlm_device: VlmDeviceOpt = None,
+    load_8bit: Load8bitOpt = False,
+) -> None:
+    """Find abnormal moments in one video. With --explain, the stage-2 video LLM judges and explains each event."""
+    from callm.report import detection_summary, events_table, write_json
+
+    check_output_file(json_out, "--json")
+    if path.is_dir() and not is_frame_folder(path):
+        find_videos([path])  # a folder with nothing to scan gets that message, not this one
+        raise CallmError(f"{path}: a folder of videos; scan it with callm scan {path} --out RUN_DIR")
+    cascade = _cascade(
+        weights, stride, threshold, min_event, max_gap, fps, device, dtype, explain, explainer, vador, adaptor, vlm,
+        vlm_calls, vlm_dtype, vlm_device, load_8bit,
+    )  # fmt: skip
     with make_progress() as progress:
         bar = FrameBar(progress, path.name)
-        detection = stage1.detect(path, bar)
+        detection = cascade.stage1.detect(path, bar)
         bar.close()
-        if stage2 is not None:
-            stage2.explain(detection, progress)
-        if ltc is not None:
-            explain_with_ltc(detection, ltc, fps)
+        cascade.explain(detection, progress)
     if detection.events or detection.ltc is not None:
         console.print(events_table(detection))
     console.print(detection_summary(detection))
     if json_out is not None:
         write_json(json_out, detection.to_dict())
+
+
+@app.command()
+@user_errors
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively), videos or frame folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: results, summary and report.html.")],
+    workers: Annotated[int, typer.Option(help="Videos scored in parallel processes.", min=1)] = 1,
+    engine: Annotated[str, typer.Option(help="'local' processes or a 'ray' cluster.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Rescan files that failed before.")] = False,
+    weights: WeightsOpt = None,
+    stride: StrideOpt = None,
+    threshold: ThresholdOpt = None,
+    min_event: MinEventOpt = 5,
+    max_gap: MaxGapOpt = 10,
+    fps: FpsOpt = 10.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    explain: ExplainOpt = False,
+    explainer: ExplainerOpt = "vlm",
+    vador: VadorOpt = None,
+    adaptor: AdaptorOpt = None,
+    vlm: VlmConfigOpt = None,
+    vlm_calls: VlmCallsOpt = "event",
+    vlm_dtype: VlmDtypeOpt = None,
+    vlm_device: VlmDeviceOpt = None,
+    load_8bit: Load8bitOpt = False,
+) -> None:
+    """Scan an archive: every video under the folders into a resumable run folder with an HTML report."""
+    check_output_folder(out)
+    if engine not in ("local", "ray"):
+        raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
+    find_videos(paths)  # nothing to scan: said before any model loads
+    cascade = _cascade(
+        weights, stride, threshold, min_event, max_gap, fps, device, dtype, explain, explainer, vador, adaptor, vlm,
+        vlm_calls, vlm_dtype, vlm_device, load_8bit,
+    )  # fmt: skip
+    _scan(
+        paths, out, cascade.recipe, engine, workers, address, retry_errors, cascade.explain_steps(), cascade.described
+    )
 
 
 def _ltc_detector(vador: Path, ae_weights: Path, device: str, dtype: str, adaptor: Path | None, config: Any) -> Any:

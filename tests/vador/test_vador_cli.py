@@ -230,7 +230,7 @@ def test_a_batch_scan_runs_the_ltc_explainer_on_every_video(
         (folder / name).write_bytes((clip_dir / name).read_bytes())
     write_video(folder / "short.avi", make_frames(8, seed=3))
     run = tmp_path / "run"
-    args = ["detect", folder, "-w", weights_dir, "--explainer", "ltc", "--vador", phase2, "--out", run, *CPU]
+    args = ["scan", folder, "-w", weights_dir, "--explainer", "ltc", "--vador", phase2, "--out", run, *CPU]
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 1, result.output  # one file failed
     records = {Path(r["path"]).name: r for r in map(json.loads, (run / "summary.jsonl").read_text().splitlines())}
