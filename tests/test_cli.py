@@ -375,6 +375,7 @@ def test_calibrate_on_little_footage_says_so(
         (["--error", "pixels"], "--error must be one of frame, motion"),
         (["--quantile", "2"], "--quantile must be between 0 and 1"),
         (["--folds", "1"], "--folds must be at least 2"),
+        (["--size", "0"], "--size must be a positive multiple of 4"),
     ],
 )
 def test_train_ae_checks_its_options_before_training(
@@ -443,3 +444,20 @@ def test_eval_with_wrong_labels_fails_before_scoring(
     monkeypatch.setattr(Stage1, "detect", lambda *a, **k: pytest.fail("scored before reading the labels"))
     args = ["eval", str(root), "--labels", str(tmp_path / "labels.npy"), "-w", str(weights_dir), *DETECT_ARGS]
     assert_user_error(runner.invoke(app, args), "39 labels but the 2 test videos have 40 frames")
+
+
+def test_calibrate_can_change_how_old_weights_score(
+    runner: CliRunner, weights_dir: Path, train_dir: Path, tmp_path: Path
+) -> None:
+    """The paper's whole-frame PSNR, or the autoencoder alone, chosen at calibration without training."""
+    out = tmp_path / "frame-psnr"
+    videos = [str(train_dir / f"normal{i}.avi") for i in range(4)]
+    args = ["calibrate", *videos, "-w", str(weights_dir), "--out", str(out), "--error", "frame", "--region", "0"]
+    result = runner.invoke(app, [*args, "--flow-weight", "0", *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((out / META_FILE).read_text())["calibration"]
+    assert (calibration["error"], calibration["patch"], calibration["flow_weight"]) == ("frame", 0, 0.0)
+    own = json.loads((weights_dir / META_FILE).read_text())["calibration"]
+    assert calibration["top_k"] == own["top_k"] and calibration["smooth_sigma"] == own["smooth_sigma"]
+    bad = runner.invoke(app, ["calibrate", *videos, "-w", str(weights_dir), "--out", str(out), "--error", "x"])
+    assert_user_error(bad, "--error must be one of frame, motion")

@@ -2,8 +2,9 @@
 
 The shipped (or any) autoencoder is kept as it is; only the calibration changes: the signal scales, the
 camera's perspective profile and the threshold now describe this camera's normal footage, scored at the chosen
-stride. The scoring measure (error kind, region size, top-k, flow weight) stays the model's. The model never
-saw this footage, so its scores are out of sample as they are.
+stride. The scoring (error kind, region size, flow weight, smoothing) stays the weights' own unless asked
+otherwise: weights from before the flow signal gain it with ``--flow-weight``. The model never saw this footage,
+so its scores are out of sample as they are.
 """
 
 from __future__ import annotations
@@ -25,22 +26,20 @@ from callm.video import Video
 def recalibrate(
     weights: AEWeights,
     videos: Sequence[Video],
-    stride: int,
-    smooth_sigma: float,
-    quantile: float,
+    settings: ScoringSettings,
     device: torch.device,
     dtype: torch.dtype,
     progress: Progress | None = None,
 ) -> AEWeights:
-    """The same model with a calibration measured on ``videos`` (normal footage the model did not train on)."""
-    current = Calibration.from_dict(weights.calibration)
-    settings = ScoringSettings(
-        error=current.error, top_k=current.top_k, flow_weight=current.flow_weight, speed_top_k=current.speed_top_k,
-        smooth_sigma=smooth_sigma, stride=stride, quantile=quantile,
+    """The same model with a calibration measured on ``videos`` (normal footage the model did not train on),
+    scored as ``settings`` say (``scoring_of`` gives the weights' own)."""
+    measure = settings.measure(weights.config.height)
+    uses_flow = settings.flow_weight > 0
+    step = motion_step(videos[0].info.fps)
+    scorer = FrameScorer(
+        weights.model, measure, device, dtype, stride=settings.stride, motion_step=step,
+        flow="rows" if uses_flow else "off",
     )  # fmt: skip
-    step = motion_step(videos[0].info.fps) if current.uses_flow else current.motion_step
-    flow = "rows" if current.uses_flow else "off"
-    scorer = FrameScorer(weights.model, current.measure, device, dtype, stride=stride, motion_step=step, flow=flow)
     footage = []
     for video in videos:
         bar = FrameBar(progress, video.path.name) if progress is not None else None
@@ -49,5 +48,15 @@ def recalibrate(
         if bar is not None:
             bar.close()
         footage.append(NormalFootage(str(video.path), scores.psnr, scores.speed_rows))
-    calibration = calibrate(footage, current.measure, settings, step, method="scored by a model that never saw it")
+    calibration = calibrate(footage, measure, settings, step, method="scored by a model that never saw it")
     return replace(weights, calibration=calibration.to_dict())
+
+
+def scoring_of(weights: AEWeights) -> ScoringSettings:
+    """How the weights score now, as settings a new calibration starts from."""
+    current = Calibration.from_dict(weights.calibration)
+    return ScoringSettings(
+        error=current.error, patch_fraction=current.patch / weights.config.height, top_k=current.top_k,
+        flow_weight=current.flow_weight, speed_top_k=current.speed_top_k, smooth_sigma=current.smooth_sigma,
+        stride=current.stride, quantile=current.quantile,
+    )  # fmt: skip

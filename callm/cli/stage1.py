@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +35,7 @@ from callm.errors import CallmError
 from callm.video import WINDOW, check_fps, find_videos, is_frame_folder
 
 if TYPE_CHECKING:
+    from callm.ae.calibrate import ScoringSettings
     from callm.cascade import Stage1, Stage1Recipe, Stage2
     from callm.results import Detection
     from callm.scan import ExplainStep
@@ -74,22 +75,21 @@ def _evidence_note(calibration: dict[str, Any]) -> str:
     return note
 
 
-def _scoring(quantile: float, smooth: float, stride: int, flow_weight: float, error: str, region: float) -> Any:
-    from callm.ae.calibrate import ScoringSettings
+def _checked(settings: ScoringSettings) -> ScoringSettings:
+    """Scoring settings from the command line, refused in one line before any work when they make no sense."""
     from callm.ae.score import ERROR_KINDS
 
-    check_quantile(quantile)
-    if error not in ERROR_KINDS:
-        raise CallmError(f"--error must be one of {', '.join(ERROR_KINDS)}, got {error!r}")
-    for name, value in (("--smooth", smooth), ("--flow-weight", flow_weight), ("--region", region)):
+    check_quantile(settings.quantile)
+    if settings.error not in ERROR_KINDS:
+        raise CallmError(f"--error must be one of {', '.join(ERROR_KINDS)}, got {settings.error!r}")
+    numbers = (("--smooth", settings.smooth_sigma), ("--flow-weight", settings.flow_weight),
+               ("--region", settings.patch_fraction))  # fmt: skip
+    for name, value in numbers:
         if not math.isfinite(value) or value < 0:
             raise CallmError(f"{name} must be a number >= 0, got {value}")
-    if flow_weight > 1 or region > 1:
+    if settings.flow_weight > 1 or settings.patch_fraction > 1:
         raise CallmError("--flow-weight and --region are shares between 0 and 1")
-    return ScoringSettings(
-        error=error, patch_fraction=region, flow_weight=flow_weight, smooth_sigma=smooth, stride=stride,
-        quantile=quantile,
-    )  # fmt: skip
+    return settings
 
 
 @app.command("train-ae")
@@ -157,7 +157,18 @@ def train_ae_command(
         raise CallmError(
             f"--folds must be at least 2 (a model must never score the footage it trained on), got {folds}"
         )
-    scoring = _scoring(quantile, smooth, calibration_stride, flow_weight, error, region)
+    from callm.ae.calibrate import ScoringSettings
+
+    scoring = _checked(
+        ScoringSettings(
+            error=error,
+            patch_fraction=region,
+            flow_weight=flow_weight,
+            smooth_sigma=smooth,
+            stride=calibration_stride,
+            quantile=quantile,
+        )
+    )
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, crop=crop, folds=folds)
     torch_device = pick_device(device)
     with make_progress() as progress:
@@ -186,41 +197,49 @@ def calibrate(
     ] = None,
     quantile: Annotated[float, typer.Option(help="Share of normal 16-frame windows below the threshold.")] = 0.99,
     smooth: Annotated[float | None, typer.Option(help="Gaussian sigma in frames (default: the weights' own).")] = None,
+    flow_weight: Annotated[
+        float | None, typer.Option(help="Share of the optical-flow signal (default: the weights' own).")
+    ] = None,
+    error: Annotated[
+        str | None, typer.Option(help="Autoencoder error: 'motion' or 'frame' (default: the weights' own).")
+    ] = None,
+    region: Annotated[
+        float | None, typer.Option(help="Scored region side as a share of the height, 0 = whole frame (default: own).")
+    ] = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Fit a trained model's gate to a new site's normal footage (no training): a new threshold and score scale."""
-    check_output_folder(out)
-    from callm.ae.calibrate import Calibration
-    from callm.ae.recalibrate import recalibrate
+    from callm.ae.recalibrate import recalibrate, scoring_of
     from callm.ae.weights import load, save
     from callm.device import parse_dtype, pick_device
     from callm.video import Video
 
-    check_quantile(quantile)
-    if smooth is not None and (not math.isfinite(smooth) or smooth < 0):
-        raise CallmError(f"--smooth must be a number >= 0, got {smooth}")
+    check_output_folder(out)
+    check_fps(fps)
     model = load(weights or default_weights())
-    current = Calibration.from_dict(model.calibration)
+    own = scoring_of(model)
+    settings = _checked(
+        replace(
+            own,
+            quantile=quantile,
+            smooth_sigma=own.smooth_sigma if smooth is None else smooth,
+            stride=calibration_stride or own.stride,
+            flow_weight=own.flow_weight if flow_weight is None else flow_weight,
+            error=error or own.error,
+            patch_fraction=own.patch_fraction if region is None else region,
+        )
+    )
     videos = [Video(path, folder_fps=fps) for path in find_videos(data)]
     torch_device = pick_device(device)
     with make_progress() as progress:
-        calibrated = recalibrate(
-            model,
-            videos,
-            calibration_stride or current.stride,
-            current.smooth_sigma if smooth is None else smooth,
-            quantile,
-            torch_device,
-            parse_dtype(dtype, torch_device),
-            progress,
-        )
+        calibrated = recalibrate(model, videos, settings, torch_device, parse_dtype(dtype, torch_device), progress)
     save(calibrated, out)
     cal = calibrated.calibration
     console.print(
-        f"saved {out}: threshold {cal['threshold']:.3f} (was {current.threshold:.3f}) at stride {cal['stride']}, "
-        f"{_evidence_note(cal)}"
+        f"saved {out}: threshold {cal['threshold']:.3f} (was {model.calibration['threshold']:.3f}) at stride "
+        f"{cal['stride']}, {_evidence_note(cal)}"
     )
 
 

@@ -116,3 +116,5 @@ def test_bad_inputs_are_one_line(runner, footage: Path, captioner_dir: Path, llm
     assert_user_error(runner.invoke(app, offline), "config.json of hub repository callm-tests/no-such-blip2")
     out.write_text('{"video": "x"}\n')
     assert_user_error(runner.invoke(app, caption_args(footage, captioner_dir, out)), "not a callm caption file")
+    assert_user_error(runner.invoke(app, [*caption_args(footage, captioner_dir, tmp_path / "d.jsonl"), "--fps", "0"]),
+                      "--fps must be a positive number")  # fmt: skip
