@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration
 from callm.ae.events import find_events, gated_windows
+from callm.ae.regions import RegionFinder, link_tracks
 from callm.ae.score import FrameScorer, scored_range
 from callm.ae.weights import AEWeights, load
 from callm.device import parse_dtype, pick_device
@@ -70,6 +71,7 @@ class Stage1:
             batch_size=options.batch_size,
             motion_step=calibration.motion_step,
             flow=calibration.speed_of if calibration.uses_flow else "off",
+            regions=RegionFinder(calibration),
         )
 
     @property
@@ -92,6 +94,8 @@ class Stage1:
             min_frames=self.options.min_event_frames,
             max_gap=self.options.max_gap,
         )
+        if frames.regions is not None:
+            events = [replace(e, tracks=link_tracks(frames.regions, e.start_frame, e.end_frame)) for e in events]
         return Detection(
             video=str(video.path),
             fps=video.info.fps,
@@ -101,6 +105,7 @@ class Stage1:
             psnr=frames.psnr,
             speed=frames.speed,
             fps_source=video.info.fps_source,
+            regions=frames.regions,
             scores=scores,
             events=events,
             window_starts=window_starts(n),

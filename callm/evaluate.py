@@ -12,6 +12,7 @@ from rich.progress import Progress
 from callm.cascade import Stage1
 from callm.console import FrameBar
 from callm.errors import CallmError
+from callm.localisation import localisation, mask_files
 from callm.metrics import default_labels, parse_ucsd_m, read_frame_labels, roc_auc
 from callm.results import Detection
 from callm.video import Video, testing_videos
@@ -52,10 +53,17 @@ def check_labels(labels_path: Path, videos: list[Path], folder_fps: float) -> No
         raise CallmError(f"{labels_path}: ground truth for another number of videos than the {len(videos)} found")
 
 
-def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Progress | None = None) -> dict[str, Any]:
+def evaluate(
+    root: Path, labels_path: Path | None, stage1: Stage1, progress: Progress | None = None, masks: Path | None = None
+) -> dict[str, Any]:
+    """Frame-level AUC and gate coverage; with ``masks`` (a folder of one mask folder per test video, named as
+    the video) also the pixel-level localisation measures."""
     videos = testing_videos(root)
     labels_path = labels_path or default_labels(root)
     check_labels(labels_path, videos, stage1.options.folder_fps)
+    mask_folders = [masks / v.name for v in videos] if masks is not None else []
+    for folder, video in zip(mask_folders, videos, strict=False):
+        mask_files(folder, Video(video, folder_fps=stage1.options.folder_fps).info.num_frames)
     detections = []
     task = progress.add_task("videos", total=len(videos)) if progress else None
     for path in videos:
@@ -80,6 +88,7 @@ def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Pro
         }
     coverage = gate_coverage(detections, labels)
     seconds = sum(d.seconds for d in detections)
+    extra = {"localisation": localisation(detections, mask_folders)} if masks is not None else {}
     return {
         "frame_auc": roc_auc(truth, np.concatenate([d.scores_minmax for d in detections])),
         "frame_auc_raw": roc_auc(truth, np.concatenate([d.scores for d in detections])),
@@ -92,4 +101,5 @@ def evaluate(root: Path, labels_path: Path | None, stage1: Stage1, progress: Pro
         "frames_per_second": float(truth.size / seconds) if seconds > 0 else None,
         "per_video": per_video,
         "settings": detections[0].settings,
+        **extra,
     }

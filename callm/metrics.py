@@ -108,3 +108,8 @@ def default_labels(root: Path) -> Path:
     if len(found) != 1:
         raise CallmError(f"{root}: pass --labels (a UCSD .m ground-truth file or a .npy of frame labels)")
     return found[0]
+
+
+def trapezoid_auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Area under a curve through the points (x, y), x ascending: the ROC AUC of a swept threshold."""
+    return float(np.trapezoid(np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)))

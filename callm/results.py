@@ -28,10 +28,22 @@ class Event:
     end_s: float  # end of the last frame, so a one-frame event lasts 1 / fps
     peak_frame: int
     peak_score: float
-    box: list[int]  # [x0, y0, x1, y1] in original-frame pixels, at the peak frame
+    box: list[int]  # [x0, y0, x1, y1] in original-frame pixels: the worst region at the peak frame
+    # The event's regions frame by frame, linked over time: each track a list of [frame, x0, y0, x1, y1, score]
+    # (the track that matters most first); ``track`` is all their entries in frame order.
+    tracks: list[list[list[float]]] = field(default_factory=list)
+
+    @property
+    def track(self) -> list[list[float]]:
+        return sorted((entry for t in self.tracks for entry in t), key=lambda e: (e[0], -e[5]))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "track": self.track}
+
+
+def _event(data: dict[str, Any]) -> Event:
+    """An Event from its JSON; files written before tracks existed have none."""
+    return Event(**{f.name: data[f.name] for f in fields(Event) if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,9 @@ class Detection:
     ltc: LTCResult | None = None  # the VAD-LLaMA path's own finding, with --explainer ltc
     speed: np.ndarray | None = None  # per frame, dB: the optical-flow signal, when the weights use it
     fps_source: str = "container"  # see VideoInfo.fps_source; "assumed" means every time is a guess
+    # Each frame's regions, (k, 5) [x0, y0, x1, y1, score]; kept in memory for evaluation, not written to the JSON
+    # (the events' tracks hold them where it matters).
+    regions: Sequence[np.ndarray] | None = None
 
     @property
     def scores_minmax(self) -> np.ndarray:
@@ -123,7 +138,7 @@ class Detection:
             speed=np.asarray(data["speed"], dtype=np.float64) if "speed" in data else None,
             fps_source=data.get("fps_source", "container"),
             scores=np.asarray(data["scores"], dtype=np.float64),
-            events=[Event(**{f.name: event[f.name] for f in fields(Event)}) for event in data["events"]],
+            events=[_event(event) for event in data["events"]],
             window_starts=window_starts(num_frames),
             gated_starts=[int(s) for s in data["gated_window_starts"]],
             seconds=float(data["seconds"]),

@@ -47,7 +47,7 @@ def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS for p in path.iterdir())
 
 
-def _frame_files(folder: Path) -> list[Path]:
+def frame_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -80,7 +80,7 @@ class Video:
         if not self.path.exists():
             raise CallmError(f"{self.path}: no such file or directory")
         if self.path.is_dir():
-            self._files = _frame_files(self.path)
+            self._files = frame_files(self.path)
             if not self._files:
                 raise CallmError(
                     f"{self.path}: no frames here ({', '.join(sorted(FRAME_EXTENSIONS))}); "

@@ -21,11 +21,13 @@ ALLOWED = {
     "vlm": PLUMBING | {"results", "ae"},
     "vador": PLUMBING | {"results", "ae", "vlm"},
     "cascade": PLUMBING | {"results", "ae", "vlm", "vador"},
-    "evaluate": PLUMBING | {"results", "ae", "cascade"},
+    "localisation": PLUMBING | {"results"},
+    "evaluate": PLUMBING | {"results", "ae", "cascade", "localisation"},
     "scan": PLUMBING | {"results", "ae", "cascade"},
     "inspect": PLUMBING | {"results", "ae", "vlm", "vador"},
     "report": PLUMBING | {"results", "scan"},
-    "cli": PLUMBING | {"results", "ae", "vlm", "vador", "cascade", "evaluate", "scan", "inspect", "report"},
+    "cli": PLUMBING
+    | {"results", "ae", "vlm", "vador", "cascade", "evaluate", "localisation", "scan", "inspect", "report"},
 }
 
 

@@ -62,7 +62,9 @@ def test_min_frames_drops_short_runs_after_merging() -> None:
 def test_event_to_dict_has_the_documented_fields() -> None:
     event = find_events(scores_with(10, [(2, 4, 3.0)]), 1.0, 25.0, boxes_for(10))[0]
     data = event.to_dict()
-    assert set(data) == {"start_frame", "end_frame", "start_s", "end_s", "peak_frame", "peak_score", "box"}
+    assert set(data) == {
+        "start_frame", "end_frame", "start_s", "end_s", "peak_frame", "peak_score", "box", "tracks", "track"
+    }  # fmt: skip
     assert data["start_s"] == 0.08 and data["end_s"] == 0.16
     assert isinstance(data["box"], list) and all(type(v) is int for v in data["box"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from callm.ae.motion import TOP_PER_ROW, cell_side, motion_step, row_tops, with_speed_rows
+from callm.ae.motion import TOP_PER_ROW, cell_side, motion_step, row_tops, speed_cells, with_speed_cells
 
 
 def moving_block(frames: int, speed: int, size: tuple[int, int] = (64, 96)) -> list[np.ndarray]:
@@ -27,7 +27,7 @@ def test_row_tops_keep_each_rows_fastest_cells() -> None:
     speed[0:2, 0:2] = 4.0  # one fast cell in row 0
     speed[4:6, 2:4] = 1.0
     speed[4:6, 6:8] = 3.0  # two cells in row 2, the faster first
-    tops = row_tops(speed, 2)
+    tops = row_tops(speed_cells(speed, 2))
     assert tops.shape == (4, TOP_PER_ROW) and tops.dtype == np.float16
     assert tops[0].tolist() == [4.0, 0.0, 0.0, 0.0]
     assert tops[2].tolist() == [3.0, 1.0, 0.0, 0.0]
@@ -36,7 +36,7 @@ def test_row_tops_keep_each_rows_fastest_cells() -> None:
 
 def test_the_flow_reads_the_speed_of_a_moving_block() -> None:
     frames = moving_block(12, speed=2)
-    pairs = list(with_speed_rows(frames))
+    pairs = [(frame, row_tops(cells)) for frame, cells in with_speed_cells(frames)]
     assert len(pairs) == 12
     assert all(a is b for a, (b, _) in zip(frames, pairs, strict=True))  # frames pass through unchanged
     cell = cell_side(64)
@@ -51,8 +51,8 @@ def test_the_flow_reads_the_speed_of_a_moving_block() -> None:
 
 def test_a_longer_motion_step_measures_over_more_frames() -> None:
     frames = moving_block(12, speed=1)
-    rows_1 = [t for _, t in with_speed_rows(frames, step=1)]
-    rows_3 = [t for _, t in with_speed_rows(frames, step=3)]
+    rows_1 = [c for _, c in with_speed_cells(frames, step=1)]
+    rows_3 = [c for _, c in with_speed_cells(frames, step=3)]
     assert len(rows_3) == 12
     assert float(rows_3[6].max()) == pytest.approx(3 * float(rows_1[6].max()), rel=0.25)
     assert motion_step(10) == 1 and motion_step(25) == 2 and motion_step(30) == 3 and motion_step(2) == 1
@@ -60,7 +60,7 @@ def test_a_longer_motion_step_measures_over_more_frames() -> None:
 
 def test_frames_too_small_or_too_few_for_flow_read_as_still() -> None:
     tiny = [np.full((8, 8), i * 10, np.uint8) for i in range(3)]
-    assert all(not t.any() for _, t in with_speed_rows(tiny))
+    assert all(not c.any() for _, c in with_speed_cells(tiny))
     one = [np.zeros((32, 32), np.uint8)]
-    ((frame, tops),) = list(with_speed_rows(one))
-    assert frame is one[0] and not tops.any()
+    ((frame, cells),) = list(with_speed_cells(one))
+    assert frame is one[0] and not cells.any()

@@ -5,8 +5,9 @@ anomalies (bikes, carts, skaters, runners) are faster than anything in normal fo
 which generalises to reconstruct motion it never saw, under-reports exactly that. OpenCV's DIS flow (fast
 preset, finest scale 0) on the model-size frames costs a few milliseconds a frame on one core.
 
-Each frame keeps only the ``TOP_PER_ROW`` fastest cells of every cell row. That is enough to apply a
-perspective profile later (one divisor per row keeps each row's order), so calibration can fit the profile
+Each frame's flow becomes a grid of cells (mean speed per cell), which the region finder reads while the frame
+is scored; what is kept of it is only the ``TOP_PER_ROW`` fastest cells of every cell row. That is enough to apply
+a perspective profile later (one divisor per row keeps each row's order), so calibration can fit the profile
 after scoring, and a frame costs a few hundred bytes however long the video.
 """
 
@@ -35,11 +36,16 @@ def flow_estimator() -> cv2.DISOpticalFlow:
     return estimator
 
 
-def row_tops(speed: np.ndarray, cell: int) -> np.ndarray:
-    """(rows, TOP_PER_ROW) float16: each cell row's fastest cells (mean speed over the cell), fastest first."""
+def speed_cells(speed: np.ndarray, cell: int) -> np.ndarray:
+    """(rows, cols) float32: the mean speed over each ``cell`` x ``cell`` cell of a speed map."""
     h, w = speed.shape
     rows, cols = h // cell, w // cell
-    cells = speed[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell).mean(axis=(1, 3))
+    return speed[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell).mean(axis=(1, 3))
+
+
+def row_tops(cells: np.ndarray) -> np.ndarray:
+    """(rows, TOP_PER_ROW) float16: each cell row's fastest cells, fastest first."""
+    cols = cells.shape[1]
     k = min(TOP_PER_ROW, cols)
     top = -np.sort(-cells, axis=1)[:, :k]
     if k < TOP_PER_ROW:
@@ -52,10 +58,10 @@ def motion_step(fps: float) -> int:
     return max(1, round(fps / 10.0))
 
 
-def with_speed_rows(frames: Iterable[np.ndarray], step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(frame, row tops) for every grey uint8 frame; the speed is the flow from ``step`` frames earlier.
+def with_speed_cells(frames: Iterable[np.ndarray], step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(frame, speed cells) for every grey uint8 frame; the speed is the flow from ``step`` frames earlier.
 
-    The first ``step`` frames have no earlier frame and take the first computed rows, so a video's start
+    The first ``step`` frames have no earlier frame and take the first computed cells, so a video's start
     does not read as a standstill.
     """
     estimator = flow_estimator()
@@ -72,15 +78,16 @@ def with_speed_rows(frames: Iterable[np.ndarray], step: int = 1) -> Iterator[tup
         else:  # too small for DIS's pyramid: no motion is measured
             speed = np.zeros(frame.shape, np.float32)
         history.append(frame)
-        rows = row_tops(speed, cell_side(frame.shape[0]))
+        cells = speed_cells(speed, cell_side(frame.shape[0]))
         for early in waiting:
-            yield early, rows
+            yield early, cells
         waiting.clear()
-        yield frame, rows
+        yield frame, cells
     if waiting:  # shorter than one step: no motion can be measured
-        rows = np.zeros((waiting[0].shape[0] // cell_side(waiting[0].shape[0]), TOP_PER_ROW), np.float16)
+        side = cell_side(waiting[0].shape[0])
+        cells = np.zeros((waiting[0].shape[0] // side, waiting[0].shape[1] // side), np.float32)
         for early in waiting:
-            yield early, rows
+            yield early, cells
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ Frames before the first centre and after the last one take the nearest window's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from callm.ae.model import ConvAutoencoder3d
-from callm.ae.motion import with_speed_rows
+from callm.ae.motion import row_tops, with_speed_cells
 from callm.device import autocast
 from callm.errors import CallmError
 from callm.video import WINDOW, Video, Window, batched_windows, iter_windows, prefetch
@@ -104,6 +104,51 @@ def error_box(error: np.ndarray, frame_size: tuple[int, int], blur: int) -> list
     ]
 
 
+MAX_REGIONS = 4  # per frame; more is noise on a surveillance frame
+
+
+class FrameRegions(Sequence[np.ndarray]):
+    """Each frame's regions, (k, 5) float32 ``[x0, y0, x1, y1, score]`` worst first, k <= MAX_REGIONS.
+
+    Held in fixed blocks of frames rather than an array per frame: about 80 bytes a frame however many hours
+    are scored, where a small array each would cost several times that.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, np.ndarray] = {}  # block index -> (BLOCK, MAX_REGIONS, 5)
+        self._counts: dict[int, np.ndarray] = {}  # block index -> (BLOCK,) regions per frame
+        self._length = 0
+
+    def __setitem__(self, frame: int, regions: np.ndarray) -> None:
+        block, row = divmod(frame, self.BLOCK)
+        if block not in self._blocks:
+            self._blocks[block] = np.zeros((self.BLOCK, MAX_REGIONS, 5), np.float32)
+            self._counts[block] = np.zeros(self.BLOCK, np.int8)
+        k = min(len(regions), MAX_REGIONS)
+        self._blocks[block][row, :k] = regions[:k]
+        self._counts[block][row] = k
+        self._length = max(self._length, frame + 1)
+
+    @overload
+    def __getitem__(self, frame: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, frame: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, frame: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(frame, slice):
+            return [self[i] for i in range(*frame.indices(self._length))]
+        if not -self._length <= frame < self._length:
+            raise IndexError(frame)
+        block, row = divmod(frame % self._length, self.BLOCK)
+        if block not in self._blocks:
+            return np.zeros((0, 5), np.float32)
+        return self._blocks[block][row, : self._counts[block][row]].copy()
+
+    def __len__(self) -> int:
+        return self._length
+
+
 @dataclass
 class FrameScores:
     """Per-frame stage-1 output of one video."""
@@ -115,6 +160,8 @@ class FrameScores:
     # tops (n, rows, TOP_PER_ROW) for a calibration to fit its speed profile on.
     speed: np.ndarray | None = None
     speed_rows: np.ndarray | None = None
+    # Each frame's regions, (k, 5) [x0, y0, x1, y1, score] in original pixels, when the scorer had a region finder.
+    regions: FrameRegions | None = None
 
 
 def scored_range(stride: int) -> tuple[int, int]:
@@ -126,6 +173,8 @@ def scored_range(stride: int) -> tuple[int, int]:
 
 
 SpeedReducer = Callable[[np.ndarray], float]  # a frame's row tops -> its flow signal
+# A frame's regions from its error map (H, W), its flow cells (or None) and the original frame size.
+RegionFinding = Callable[[torch.Tensor, np.ndarray | None, tuple[int, int]], np.ndarray]
 FlowMode = SpeedReducer | Literal["rows", "off"]
 
 
@@ -142,10 +191,12 @@ class FrameScorer:
         batch_size: int = 8,
         motion_step: int = 1,
         flow: FlowMode = "off",
+        regions: RegionFinding | None = None,
     ) -> None:
         """``flow``: "off" computes no optical flow (weights without it); "rows" keeps every frame's row tops
         (for a calibration to fit its profile on); a function reduces each frame's row tops to its flow signal
-        as it goes, so a long video costs one number a frame."""
+        as it goes, so a long video costs one number a frame. ``regions`` finds each frame's regions (the box of
+        a frame is then its worst region's)."""
         # Channels-last 3D lets oneDNN pick its fast Conv3d kernels: about 2x faster on CPU, same results.
         self.model = model.to(device, memory_format=torch.channels_last_3d).eval()
         self.measure = measure
@@ -155,6 +206,7 @@ class FrameScorer:
         self.batch_size = batch_size
         self.motion_step = motion_step
         self.flow = flow
+        self.regions = regions
         scored_range(stride)  # validate early
 
     @property
@@ -183,24 +235,22 @@ class FrameScorer:
         on_window: Callable[[int], None] | None = None,
     ) -> FrameScores:
         """Score a stream of uint8 grey frames already at model size; boxes are scaled to ``frame_size``."""
-        psnr: dict[int, float] = {}
-        boxes: dict[int, list[int]] = {}
-        distance: dict[int, int] = {}
-        speeds: list[float] = []
-        rows: list[np.ndarray] = []
+        found = _Found()
 
         def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
-            for frame, tops in pairs:
+            for index, (frame, cells) in enumerate(pairs):
+                if self.regions is not None:
+                    found.cells[index] = cells  # read when the frame is scored, dropped after
                 if self.flow == "rows":
-                    rows.append(tops)
+                    found.rows.append(row_tops(cells))
                 elif callable(self.flow):
-                    speeds.append(self.flow(tops))
+                    found.speeds.append(self.flow(row_tops(cells)))
                 yield frame
 
         # Decoding and flow run ahead on their own thread, beside the model.
         stream: Iterable[np.ndarray] = frames
-        if self.flow != "off":
-            stream = record_motion(with_speed_rows(frames, self.motion_step))
+        if self.flow != "off" or self.regions is not None:
+            stream = record_motion(with_speed_cells(frames, self.motion_step))
         windows = n = 0
         ahead = prefetch(stream, depth=WINDOW + self.batch_size * self.stride)
         windows_iter = iter_windows(ahead, step=self.stride, source=source)
@@ -209,38 +259,58 @@ class FrameScorer:
             for window, error in zip(batch, errors, strict=True):
                 windows += 1
                 n = window.start + WINDOW
-                self._assign(window, error, frame_size, psnr, boxes, distance)
+                self._assign(window, error, frame_size, found)
                 if on_window is not None:
                     on_window(n)
+            # Frames before the last window's start are scored for good: what only scoring needs of them goes.
+            for gathered in (found.cells, found.distance):
+                for index in [i for i in gathered if i < batch[-1].start]:
+                    del gathered[index]
         # Frames before the first scored frame and after the last take the nearest window's value: a window's
         # edge frames reconstruct worse than its middle, and would read as anomalies at every video's ends.
-        first, last = min(psnr), max(psnr)
+        first, last = min(found.psnr), max(found.psnr)
         nearest = [min(max(i, first), last) for i in range(n)]
+        if self.regions is None:
+            boxes = np.array([found.boxes[i] for i in nearest], dtype=np.int64)
+        else:
+            for i in [*range(first), *range(last + 1, n)]:
+                found.regions[i] = found.regions[nearest[i]]
+            whole = [0, 0, frame_size[1], frame_size[0]]
+            boxes = np.array([r[0, :4] if len(r) else whole for r in found.regions], dtype=np.int64)
         return FrameScores(
-            psnr=np.array([psnr[i] for i in nearest], dtype=np.float64),
-            boxes=np.array([boxes[i] for i in nearest], dtype=np.int64),
+            psnr=np.array([found.psnr[i] for i in nearest], dtype=np.float64),
+            boxes=boxes,
             windows_scored=windows,
-            speed=np.array(speeds[:n], dtype=np.float64) if callable(self.flow) else None,
-            speed_rows=np.stack(rows[:n]) if self.flow == "rows" else None,
+            speed=np.array(found.speeds[:n], dtype=np.float64) if callable(self.flow) else None,
+            speed_rows=np.stack(found.rows[:n]) if self.flow == "rows" else None,
+            regions=found.regions if self.regions is not None else None,
         )
 
-    def _assign(
-        self,
-        window: Window,
-        error: torch.Tensor,
-        frame_size: tuple[int, int],
-        psnr: dict[int, float],
-        boxes: dict[int, list[int]],
-        distance: dict[int, int],
-    ) -> None:
+    def _assign(self, window: Window, error: torch.Tensor, frame_size: tuple[int, int], found: _Found) -> None:
         lo, hi = scored_range(self.stride)
-        offsets = [o for o in range(lo, hi) if abs(o - CENTRE) < distance.get(window.start + o, WINDOW + 1)]
+        offsets = [o for o in range(lo, hi) if abs(o - CENTRE) < found.distance.get(window.start + o, WINDOW + 1)]
         if not offsets:
             return
         mse = frame_mse(error[offsets], self.measure).numpy()
         blur = max(3, self.measure.patch or min(error.shape[-2:]) // 16)
         for o, value in zip(offsets, psnr_from_mse(mse), strict=True):
             frame = window.start + o
-            psnr[frame] = float(value)
-            boxes[frame] = error_box(error[o].numpy(), frame_size, blur)
-            distance[frame] = abs(o - CENTRE)
+            found.psnr[frame] = float(value)
+            found.distance[frame] = abs(o - CENTRE)
+            if self.regions is None:
+                found.boxes[frame] = error_box(error[o].numpy(), frame_size, blur)
+            else:  # the frame's box is its worst region's
+                found.regions[frame] = self.regions(error[o], found.cells.get(frame), frame_size)
+
+
+@dataclass
+class _Found:
+    """What scoring a video gathers frame by frame."""
+
+    psnr: dict[int, float] = field(default_factory=dict)
+    boxes: dict[int, list[int]] = field(default_factory=dict)  # without a region finder
+    distance: dict[int, int] = field(default_factory=dict)  # from the centre of the window that scored the frame
+    regions: FrameRegions = field(default_factory=FrameRegions)
+    cells: dict[int, np.ndarray] = field(default_factory=dict)  # flow cells of frames not yet scored for good
+    speeds: list[float] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)

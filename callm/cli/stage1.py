@@ -496,6 +496,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="The --out folder of a b
 def eval_command(
     root: Annotated[Path, typer.Argument(help="Dataset root with testing/frames/<video>/ folders.")],
     labels: Annotated[Path | None, typer.Option(help="UCSD .m ground truth or .npy of frame labels.")] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(help="Pixel masks: a folder per test video (named as it), one image per frame: localisation."),
+    ] = None,
     weights: WeightsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     stride: StrideOpt = None,
@@ -507,18 +511,20 @@ def eval_command(
     """Frame-level ROC AUC of stage 1 on a labelled test set."""
     check_output_file(json_out, "--json")
     from callm.evaluate import evaluate
-    from callm.report import eval_table, write_json
+    from callm.report import eval_table, localisation_line, write_json
 
     if not root.is_dir():
         raise CallmError(f"{root}: not a folder")
     stage1 = _recipe(weights, stride, threshold, 5, 10, fps, device, dtype).build()
     with make_progress() as progress:
-        result = evaluate(root, labels, stage1, progress)
+        result = evaluate(root, labels, stage1, progress, masks)
     console.print(eval_table(result))
     console.print(
         f"frame AUC {result['frame_auc']:.4f} (raw {result['frame_auc_raw']:.4f}); at the gate, "
         f"{100 * result['anomalous_frames_in_gated_windows']:.1f}% of abnormal and "
         f"{100 * result['normal_frames_in_gated_windows']:.1f}% of normal frames reach stage 2"
     )
+    if "localisation" in result:
+        console.print(localisation_line(result["localisation"]))
     if json_out is not None:
         write_json(json_out, result)

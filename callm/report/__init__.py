@@ -114,3 +114,19 @@ def scan_table(summary: ScanSummary) -> Table:
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     write_json_atomic(path, data)
+
+
+def localisation_line(measures: dict[str, Any]) -> str:
+    """The pixel-level measures of ``callm eval --masks`` in one line."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    iou, ratio = measures["mean_iou_flagged_abnormal"], measures["median_area_ratio_flagged_abnormal"]
+    return (
+        f"localisation: {share(measures['detected_at_threshold'])} of abnormal frames detected at the threshold "
+        f"(flagged and >= 40% of the mask covered; {share(measures['flagged_abnormal_at_threshold'])} flagged), "
+        f"pixel-level AUC {measures['pixel_auc']:.4f}, mean IoU {'-' if iou is None else f'{iou:.3f}'}, "
+        f"median region area {'-' if ratio is None else f'{ratio:.2f}'}x the anomaly, normal frames flagged "
+        f"{share(measures['false_positive_rate_at_threshold'])}"
+    )
