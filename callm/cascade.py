@@ -145,7 +145,9 @@ class Stage2:
         for (event_index, starts), indices in zip(calls, sampled, strict=True):
             event = detection.events[event_index]
             answer = self.explainer.explain_sampled(
-                np.stack([frames[i] for i in indices]), [i / detection.fps for i in indices], event.box
+                np.stack([frames[i] for i in indices]),
+                [i / detection.fps for i in indices],
+                [event.box_at(i) for i in indices],
             )
             answers.setdefault(event_index, []).append(
                 Explanation(answer.verdict, answer.text, answer.explicit, starts, indices)

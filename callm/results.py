@@ -37,6 +37,14 @@ class Event:
     def track(self) -> list[list[float]]:
         return sorted((entry for t in self.tracks for entry in t), key=lambda e: (e[0], -e[5]))
 
+    def box_at(self, frame: int) -> list[int]:
+        """Where to look at ``frame``: the main track's box at the nearest frame it has (the peak box without
+        tracks), so frames just outside the event look where it began or ended."""
+        if not self.tracks:
+            return list(self.box)
+        nearest = min(self.tracks[0], key=lambda entry: (abs(entry[0] - frame), -entry[5]))
+        return [int(v) for v in nearest[1:5]]
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "track": self.track}
 

@@ -62,21 +62,29 @@ class View:
     label: str  # what the user picked: "event 2", "whole video", "12.5-20 s"
     frames: tuple[int, ...]
     timestamps: tuple[float, ...]  # seconds, one per frame
-    box: tuple[int, ...] | None = None  # stage 1's [x0, y0, x1, y1] of an event, else the whole frame
+    # Stage 1's [x0, y0, x1, y1] at each frame (an event's track), else None for whole frames.
+    boxes: tuple[tuple[int, ...], ...] | None = None
 
     def describe(self) -> str:
         times = f"{self.timestamps[0]:.1f}-{self.timestamps[-1]:.1f} s"
-        box = f", box {list(self.box)}" if self.box else ""
-        return f"{self.label}: {len(self.frames)} frames sampled at {times}{box}"
+        if self.boxes is None:
+            return f"{self.label}: {len(self.frames)} frames sampled at {times}"
+        return f"{self.label}: {len(self.frames)} frames sampled at {times}, each focused on its box in the track"
 
     def to_dict(self) -> dict[str, Any]:
-        box = None if self.box is None else list(self.box)
-        return {"label": self.label, "frames": list(self.frames), "timestamps": list(self.timestamps), "box": box}
+        boxes = None if self.boxes is None else [list(b) for b in self.boxes]
+        return {"label": self.label, "frames": list(self.frames), "timestamps": list(self.timestamps), "boxes": boxes}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> View:
-        box = data["box"]
-        return cls(data["label"], tuple(data["frames"]), tuple(data["timestamps"]), None if box is None else tuple(box))
+        frames = tuple(data["frames"])
+        # Transcripts written before tracks hold one "box" for every frame.
+        boxes = data["boxes"] if "boxes" in data else None if data.get("box") is None else [data["box"]] * len(frames)
+        return cls(data["label"], frames, tuple(data["timestamps"]), None if boxes is None else _tuples(boxes))
+
+
+def _tuples(boxes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in box) for box in boxes)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,8 @@ class Chat:
         # The event's gated windows, sampled as Stage2.explain samples them, so follow-ups see the same frames.
         _, starts = stage2_calls(self.detection, "event")[number - 1]
         frames = call_frames(starts, self.explainer.config.frames)
-        return self._select(f"event {number}", frames, events[number - 1].box)
+        event = events[number - 1]
+        return self._select(f"event {number}", frames, [event.box_at(i) for i in frames])
 
     def select_video(self) -> View:
         """Ask about the whole video, sampled uniformly as Video-LLaMA samples a video."""
@@ -157,9 +166,9 @@ class Chat:
         label = f"{start_s:g}-{min(end_s, duration):g} s"
         return self._select(label, window_indices(first, end, self.explainer.config.frames))
 
-    def _select(self, label: str, frames: Sequence[int], box: Sequence[int] | None = None) -> View:
+    def _select(self, label: str, frames: Sequence[int], boxes: Sequence[Sequence[int]] | None = None) -> View:
         timestamps = tuple(i / self.detection.fps for i in frames)
-        self.view = View(label, tuple(frames), timestamps, None if box is None else tuple(box))
+        self.view = View(label, tuple(frames), timestamps, None if boxes is None else _tuples(boxes))
         return self.view
 
     def reset(self) -> None:
@@ -187,7 +196,7 @@ class Chat:
                 raise CallmError(
                     f"{self.detection.video}: ends before frame {max(wanted)}, which {self.view.label} needs"
                 )
-            pixels = self.explainer.pixels(np.stack([found[i] for i in wanted]), self.view.box)
+            pixels = self.explainer.pixels(np.stack([found[i] for i in wanted]), self.view.boxes)
             self._encoded = (self.view, self.explainer.model.encode_video(pixels))
         return self._encoded[1]
 

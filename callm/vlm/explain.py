@@ -57,7 +57,8 @@ class Explainer:
     Box focus (``focus`` in the config) defaults to "crop". Video-LLaMA squashes every frame to 224 x 224 for a
     ViT with 14-pixel patches, so a cart 40 pixels long in a 360 x 240 surveillance frame covers about two
     patches; cropping to a square twice the size of stage 1's box (at least half the frame's shorter side) gives
-    it several times the pixels while keeping enough surroundings to tell what is normal in the scene. "draw"
+    it several times the pixels while keeping enough surroundings to tell what is normal in the scene. Each frame
+    is cropped around its own box (an event's track), so the crop follows a moving object. "draw"
     keeps the whole frame and outlines the box in red, but Video-LLaMA never saw drawn boxes in training: the
     rectangle is itself unusual content that can tilt the yes/no answer, and the region stays tiny. "none"
     shows the frames unchanged.
@@ -86,29 +87,31 @@ class Explainer:
         frames: np.ndarray,
         fps: float,
         start_s: float = 0.0,
-        box: Sequence[int] | None = None,
+        boxes: Sequence[Sequence[int]] | None = None,
         question: str | None = None,
     ) -> Answer:
         """Answer ``question`` (default: the config's) about one clip.
 
         ``frames``: uint8 (T, H, W) grey or (T, H, W, 3) RGB, e.g. a gated 16-frame window; ``fps``: their rate;
-        ``start_s``: the video time of ``frames[0]``, so the prompt's frame times are the video's; ``box``:
-        stage 1's [x0, y0, x1, y1] in those frames' pixels, or None for the whole frame.
+        ``start_s``: the video time of ``frames[0]``, so the prompt's frame times are the video's; ``boxes``:
+        stage 1's [x0, y0, x1, y1] of each frame in its pixels (an event's track), or None for whole frames.
         """
         if len(frames) == 0 or fps <= 0:
             raise ValueError(f"need at least one frame and fps > 0, got {len(frames)} frames at {fps} fps")
         indices = sample_indices(len(frames), self.config.frames)
-        return self.explain_sampled(np.asarray(frames)[indices], [start_s + i / fps for i in indices], box, question)
+        sampled_boxes = None if boxes is None else [boxes[i] for i in indices]
+        times = [start_s + i / fps for i in indices]
+        return self.explain_sampled(np.asarray(frames)[indices], times, sampled_boxes, question)
 
     def explain_sampled(
         self,
         frames: np.ndarray,
         timestamps: Sequence[float],
-        box: Sequence[int] | None = None,
+        boxes: Sequence[Sequence[int]] | None = None,
         question: str | None = None,
     ) -> Answer:
         """Answer about frames already sampled (one per timestamp, in seconds), e.g. read from a long video."""
-        pixel_values, prompt = self.prepare(frames, timestamps, box, question)
+        pixel_values, prompt = self.prepare(frames, timestamps, boxes, question)
         text = self.model.answer(pixel_values, prompt, self.generation)
         verdict, explicit = parse_verdict(text)
         return Answer(verdict, text, explicit)
@@ -117,7 +120,7 @@ class Explainer:
         self,
         frames: np.ndarray,
         timestamps: Sequence[float],
-        box: Sequence[int] | None = None,
+        boxes: Sequence[Sequence[int]] | None = None,
         question: str | None = None,
     ) -> tuple[torch.Tensor, str]:
         """The model's inputs for sampled frames: focused, preprocessed pixels and the prompt.
@@ -126,9 +129,10 @@ class Explainer:
         """
         if len(frames) != len(timestamps) or len(frames) == 0:
             raise ValueError(f"need one timestamp per frame, got {len(frames)} frames, {len(timestamps)} times")
-        return self.pixels(frames, box), self.prompt(timestamps, question or self.config.question)
+        return self.pixels(frames, boxes), self.prompt(timestamps, question or self.config.question)
 
-    def pixels(self, frames: np.ndarray, box: Sequence[int] | None = None) -> torch.Tensor:
-        """Sampled frames as the model's input: focused on the box as the config says, resized and normalised."""
-        clip = focus(to_rgb(np.asarray(frames)), box, self.config.focus, self.config.crop_scale)
+    def pixels(self, frames: np.ndarray, boxes: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """Sampled frames as the model's input: each focused on its box as the config says, resized and
+        normalised."""
+        clip = focus(to_rgb(np.asarray(frames)), boxes, self.config.focus, self.config.crop_scale)
         return self.preprocess(clip)

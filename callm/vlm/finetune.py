@@ -201,7 +201,8 @@ def encode_examples(
         for clip_number, frames in iter_clips(video, clips):
             instruction = instructions[numbers[clip_number]]
             timestamps = [i / rate for i in clips[clip_number]]
-            pixels, prompt = explainer.prepare(frames, timestamps, instruction.box, instruction.question)
+            boxes = None if instruction.box is None else [instruction.box] * len(frames)
+            pixels, prompt = explainer.prepare(frames, timestamps, boxes, instruction.question)
             examples[numbers[clip_number]] = Example(
                 model.frame_encoder(pixels.to(device)).to("cpu", torch.float16),
                 model.tokenize_prompt(prompt),

@@ -80,31 +80,44 @@ def to_rgb(frames: np.ndarray) -> np.ndarray:
     return np.repeat(frames[..., None], 3, axis=-1) if frames.ndim == 3 else frames
 
 
-def crop_region(height: int, width: int, box: Sequence[int], scale: float) -> tuple[int, int, int, int]:
-    """The (x0, y0, x1, y1) region a crop keeps: a square around the box, ``scale`` times its longer side.
+def crop_side(height: int, width: int, boxes: Sequence[Sequence[int]], scale: float) -> int:
+    """The side of the square crops that show a clip's boxes: ``scale`` times the longest box side, at least
+    half the frame's shorter side so a tiny box is not blown up into a blur. One side for every frame of a clip,
+    so the object keeps its size from frame to frame as in the video."""
+    longest = max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes)
+    return round(max(longest * scale, min(height, width) / 2))
 
-    Square because the frames are squashed to a square for the ViT; at least half the frame's shorter side so a
-    tiny box is not blown up into a blur; shifted, not cut, where it would leave the frame.
-    """
+
+def crop_region(height: int, width: int, box: Sequence[int], side: int) -> tuple[int, int, int, int]:
+    """The (x0, y0, x1, y1) square of ``side`` centred on the box: square because the frames are squashed to a
+    square for the ViT; shifted, not cut, where it would leave the frame."""
     x0, y0, x1, y1 = box
-    side = max(max(x1 - x0, y1 - y0) * scale, min(height, width) / 2)
-    crop_w, crop_h = min(round(side), width), min(round(side), height)
+    crop_w, crop_h = min(side, width), min(side, height)
     left = int(np.clip(round((x0 + x1) / 2 - crop_w / 2), 0, width - crop_w))
     top = int(np.clip(round((y0 + y1) / 2 - crop_h / 2), 0, height - crop_h))
     return left, top, left + crop_w, top + crop_h
 
 
-def focus(frames: np.ndarray, box: Sequence[int] | None, mode: Focus, crop_scale: float = 2.0) -> np.ndarray:
-    """Point the model at the event: crop to an enlarged box, draw the box, or leave the frames as they are."""
-    if box is None or mode == "none":
+def focus(
+    frames: np.ndarray, boxes: Sequence[Sequence[int]] | None, mode: Focus, crop_scale: float = 2.0
+) -> np.ndarray:
+    """Point the model at the event: crop each frame around its own box (the crop follows a moving object),
+    draw each frame's box, or leave the frames as they are. ``boxes``: one [x0, y0, x1, y1] per frame."""
+    if boxes is None or mode == "none":
         return frames
+    if len(boxes) != len(frames):
+        raise ValueError(f"need one box per frame, got {len(boxes)} boxes for {len(frames)} frames")
     if mode == "crop":
-        left, top, right, bottom = crop_region(frames.shape[1], frames.shape[2], box, crop_scale)
-        return frames[:, top:bottom, left:right]
+        side = crop_side(frames.shape[1], frames.shape[2], boxes, crop_scale)
+        crops = []
+        for frame, box in zip(frames, boxes, strict=True):
+            left, top, right, bottom = crop_region(frames.shape[1], frames.shape[2], box, side)
+            crops.append(frame[top:bottom, left:right])
+        return np.stack(crops)
     if mode == "draw":
         thickness = max(2, round(min(frames.shape[1:3]) / 100))
         drawn = np.ascontiguousarray(frames.copy())
-        for frame in drawn:
+        for frame, box in zip(drawn, boxes, strict=True):
             cv2.rectangle(frame, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), BOX_COLOUR, thickness)
         return drawn
     raise ValueError(f"unknown focus mode {mode!r}: use one of {', '.join(FOCUS_MODES)}")

@@ -12,6 +12,7 @@ from helpers import assert_user_error
 from synthetic import make_frames, write_video
 
 from callm.cli import app
+from callm.results import read_detection
 from callm.vlm.explain import Explainer
 
 # A threshold below the intruder's peak, and no merging: several events, so counting means something.
@@ -33,14 +34,14 @@ def two_intruders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def counted_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Records the frames of every stage-2 call while still running the real model."""
-    calls: list[tuple[int, ...]] = []
+def counted_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], list]]:
+    """Records the frames' shape and the boxes of every stage-2 call while still running the real model."""
+    calls: list[tuple[tuple[int, ...], list]] = []
     real = Explainer.explain_sampled
 
-    def counting(self, frames, timestamps, box=None, question=None):
-        calls.append(tuple(frames.shape))
-        return real(self, frames, timestamps, box, question)
+    def counting(self, frames, timestamps, boxes=None, question=None):
+        calls.append((tuple(frames.shape), [list(b) for b in boxes]))
+        return real(self, frames, timestamps, boxes, question)
 
     monkeypatch.setattr(Explainer, "explain_sampled", counting)
     return calls
@@ -64,8 +65,11 @@ def test_every_gated_event_gets_one_call_with_a_verdict_and_an_explanation(
         first, last = min(event["vlm_windows"]), max(event["vlm_windows"]) + 16
         assert all(first <= f < last for f in event["vlm_frames"])
         assert any(s <= event["end_frame"] and s + 16 > event["start_frame"] for s in event["vlm_windows"])
-    # Frames reach stage 2 at the video's own size and in colour.
-    assert all(shape[1:] == (48, 64, 3) for shape in counted_calls)
+    # Frames reach stage 2 at the video's own size and in colour, each with its box from the event's track.
+    assert all(shape[1:] == (48, 64, 3) for shape, _ in counted_calls)
+    tracked = read_detection(out).events
+    for event, data_event, (_, boxes) in zip(tracked, events, counted_calls, strict=True):
+        assert event.tracks and boxes == [event.box_at(f) for f in data_event["vlm_frames"]]
 
 
 def test_window_grouping_calls_once_per_gated_window_of_each_event(

@@ -89,7 +89,22 @@ def test_vicuna_turn_3_keeps_the_history_and_only_the_current_clip_has_video_tok
         f"###Human: {video_message(RANGE_TIMES, 'and now ?')}###Assistant:"
     )
     assert (first.view.label, third.view.label) == ("event 1", "1-2 s")
-    assert first.view.box == (10, 16, 40, 30) and third.view.box is None
+    assert first.view.boxes == ((10, 16, 40, 30),) * 8 and third.view.boxes is None  # no track: the peak box
+
+
+def test_an_events_view_follows_its_track_and_old_transcripts_keep_their_box(
+    explainer: Explainer, detection: Detection
+) -> None:
+    # The main track moves right 2 px a frame over the event; frames outside it look where it began or ended.
+    track = [[f, 10 + 2 * (f - 20), 16, 30 + 2 * (f - 20), 30, 2.0] for f in range(20, 36)]
+    event = Event(20, 35, 2.0, 3.6, 28, 2.5, [10, 16, 40, 30], tracks=[track])
+    tracked = Detection(**{**detection.__dict__, "events": [event, detection.events[1]]})
+    view = Chat(explainer, tracked).view
+    expected = {16: 10, 20: 10, 24: 18, 28: 26, 32: 34, 36: 40, 40: 40, 44: 40}
+    assert dict(zip(view.frames, (b[0] for b in view.boxes or ()), strict=True)) == expected
+    old = {**view.to_dict(), "box": [10, 16, 40, 30]}
+    del old["boxes"]
+    assert type(view).from_dict(old).boxes == ((10, 16, 40, 30),) * 8
 
 
 def test_llama2_turn_3_keeps_the_history_and_only_the_current_clip_has_video_tokens(

@@ -14,15 +14,15 @@ from vlm_tiny import TINY_QFORMER
 from callm.errors import CallmError
 from callm.vlm.config import load_config
 from callm.vlm.explain import Explainer, parse_verdict
-from callm.vlm.frames import crop_region, focus, sample_indices, to_rgb
+from callm.vlm.frames import crop_region, crop_side, focus, sample_indices, to_rgb
 from callm.vlm.model import VideoQFormer
 from callm.vlm.prompt import PLACEHOLDER
 from callm.vlm.weights.loaders import save_video_llama, video_qformer_config
 
 
 def test_explain_is_deterministic_on_a_grey_window_with_a_box(explainer: Explainer, window: np.ndarray) -> None:
-    first = explainer.explain(window, fps=10.0, start_s=3.2, box=[4, 20, 40, 30])
-    second = explainer.explain(window, fps=10.0, start_s=3.2, box=[4, 20, 40, 30])
+    first = explainer.explain(window, fps=10.0, start_s=3.2, boxes=[[4, 20, 40, 30]] * len(window))
+    second = explainer.explain(window, fps=10.0, start_s=3.2, boxes=[[4, 20, 40, 30]] * len(window))
     assert first == second
     assert first.verdict in ("anomaly", "normal") and isinstance(first.text, str)
     assert [r.component for r in explainer.reports] == ["vision encoder", "Q-Former", "video Q-Former", "LLM"]
@@ -31,7 +31,7 @@ def test_explain_is_deterministic_on_a_grey_window_with_a_box(explainer: Explain
 def test_hf_blip2_llama2_and_drawn_box_end_to_end(hf_config: Path, window: np.ndarray) -> None:
     explainer = Explainer.from_config(hf_config)
     rgb = to_rgb(window)
-    answers = {explainer.explain(rgb, fps=25.0, box=[4, 20, 40, 30]) for _ in range(2)}
+    answers = {explainer.explain(rgb, fps=25.0, boxes=[[4, 20, 40, 30]] * len(rgb)) for _ in range(2)}
     assert len(answers) == 1
     assert explainer.model.template.name == "llama2" and explainer.config.focus == "draw"
 
@@ -76,15 +76,35 @@ def test_frame_sampling_and_focus() -> None:
     assert sample_indices(16, 8) == [0, 2, 4, 6, 8, 10, 12, 14]
     assert sample_indices(15, 8) == [0, 1, 3, 5, 7, 9, 11, 13]
     assert sample_indices(5, 8) == [0, 1, 2, 3, 4]
-    assert crop_region(240, 360, [100, 100, 140, 120], scale=2.0) == (60, 50, 180, 170)  # min side: half of 240
-    assert crop_region(240, 360, [0, 0, 300, 50], scale=2.0) == (0, 0, 360, 240)  # clipped to the frame
-    assert crop_region(240, 360, [330, 200, 350, 230], scale=2.0) == (240, 120, 360, 240)  # shifted inside
+    assert crop_side(240, 360, [[100, 100, 140, 120]], 2.0) == 120  # at least half of 240
+    assert crop_side(240, 360, [[100, 100, 140, 120], [0, 0, 100, 10]], 2.0) == 200  # the clip's longest box
+    assert crop_region(240, 360, [100, 100, 140, 120], 120) == (60, 50, 180, 170)
+    assert crop_region(240, 360, [0, 0, 300, 50], 600) == (0, 0, 360, 240)  # clipped to the frame
+    assert crop_region(240, 360, [330, 200, 350, 230], 120) == (240, 120, 360, 240)  # shifted inside
     frames = np.zeros((2, 48, 64, 3), np.uint8)
-    assert focus(frames, [20, 20, 26, 26], "crop").shape == (2, 24, 24, 3)  # at least half the shorter side
-    drawn = focus(frames, [4, 20, 40, 30], "draw")
-    assert drawn[0, 20, 10].tolist() == [255, 0, 0] and frames.max() == 0
+    assert focus(frames, [[20, 20, 26, 26]] * 2, "crop").shape == (2, 24, 24, 3)
+    drawn = focus(frames, [[4, 20, 40, 30], [30, 4, 60, 10]], "draw")
+    assert drawn[0, 20, 10].tolist() == [255, 0, 0] and drawn[1, 4, 40].tolist() == [255, 0, 0]
+    assert drawn[1, 20, 10].tolist() == [0, 0, 0] and frames.max() == 0
+    with pytest.raises(ValueError, match="one box per frame"):
+        focus(frames, [[4, 20, 40, 30]], "crop")
     with pytest.raises(ValueError, match="uint8"):
         to_rgb(np.zeros((2, 8, 8), np.float32))
+
+
+def test_the_crop_follows_a_moving_object() -> None:
+    # A bright 4x4 block crossing the frame: each crop is centred on that frame's box, all crops one size.
+    frames = np.zeros((3, 96, 160, 3), np.uint8)
+    boxes = [[10 + 60 * t, 40, 14 + 60 * t, 44] for t in range(3)]
+    for frame, (x0, y0, x1, y1) in zip(frames, boxes, strict=True):
+        frame[y0:y1, x0:x1] = 255
+    crops = focus(frames, boxes, "crop")
+    assert crops.shape == (3, 48, 48, 3)
+    for t, crop in enumerate(crops):
+        ys, xs = np.nonzero(crop[..., 0])
+        if t == 1:  # mid-frame, the block sits at the crop's centre
+            assert (ys.mean(), xs.mean()) == (23.5, 23.5)
+        assert len(ys) == 16  # the whole block is in every crop
 
 
 def test_an_llm_of_another_width_is_refused(lavis_config: Path, tmp_path: Path) -> None:
