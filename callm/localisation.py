@@ -125,9 +125,11 @@ def localisation(detections: list[Detection], masks: list[Path]) -> dict[str, An
     if not abnormal.any() or abnormal.all():
         raise CallmError("the masks mark every frame alike; the pixel-level measures need normal and abnormal frames")
     # Pixel-level ROC: from the highest threshold down, a frame turns positive when its score passes it.
+    # Tied frames turn positive together (a point only where the score changes), so frame order cannot matter.
     order = np.argsort(-scores, kind="mergesort")
-    tpr = np.concatenate([[0.0], np.cumsum(covers[order]) / abnormal.sum()])
-    fpr = np.concatenate([[0.0], np.cumsum(~abnormal[order]) / (~abnormal).sum()])
+    steps = np.r_[np.flatnonzero(np.diff(scores[order])), len(order) - 1]
+    tpr = np.concatenate([[0.0], (np.cumsum(covers[order]) / abnormal.sum())[steps]])
+    fpr = np.concatenate([[0.0], (np.cumsum(~abnormal[order]) / (~abnormal).sum())[steps]])
     found = abnormal & flagged
     ious = [f.iou for f, hit in zip(frames, found, strict=True) if hit]
     ratios = [f.area_ratio for f, hit in zip(frames, found, strict=True) if hit]

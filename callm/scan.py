@@ -3,7 +3,8 @@
 Layout of a run folder::
 
     RUN_DIR/videos/<name>.json     the stage-1 (and stage-2) result of each video, as `callm detect --json`
-    RUN_DIR/thumbs/<name>-<k>.jpg  the peak frame of event k, its box drawn
+    RUN_DIR/thumbs/<name>-<k>.jpg  the peak frame of event k, its boxes and its main track's path drawn
+    RUN_DIR/clips/<name>-<k>.mp4   event k from 1.5 s before to 1.5 s after, its tracked boxes drawn
     RUN_DIR/summary.jsonl          one line per video: path, key, status, error, duration, events, peak score
     RUN_DIR/summary.csv            the same as a table
     RUN_DIR/report.html            the page people look at (see callm.report.html)
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cv2
 
+from callm.clips import event_clips, event_thumbnails
 from callm.errors import CallmError
 from callm.files import (
     append_jsonl,
@@ -49,7 +51,7 @@ from callm.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from callm.video import Video, find_videos
+from callm.video import find_videos
 
 if TYPE_CHECKING:
     from callm.cascade import Stage1, Stage1Recipe
@@ -63,12 +65,11 @@ LOCK_FILE = "scan.lock"
 SUMMARY_CSV = "summary.csv"
 VIDEOS_DIR = "videos"
 THUMBS_DIR = "thumbs"
+CLIPS_DIR = "clips"
 CSV_FIELDS = (
     "path", "status", "error", "duration_s", "num_frames", "fps", "events", "anomalies", "peak_score",
     "threshold", "windows_gated", "windows_total", "ltc_events", "seconds", "json",
 )  # fmt: skip
-THUMB_WIDTH = 320
-BOX_BGR = (0, 0, 255)  # red
 
 
 def source_key(path: Path) -> str:
@@ -91,36 +92,21 @@ class VideoResult:
     path: str
     key: str
     detection: Detection | None = None
-    thumbnails: list[bytes] = field(default_factory=list)  # JPEG of each event's peak frame, box drawn
+    thumbnails: list[bytes] = field(default_factory=list)  # JPEG of each event's peak frame, boxes drawn
+    clips: list[bytes] = field(default_factory=list)  # mp4 of each event, tracked boxes drawn
     error: str | None = None
     seconds: float = 0.0
-
-
-def event_thumbnails(detection: Detection) -> list[bytes]:
-    """JPEG thumbnails of each event's peak frame with its box, read in one pass over the video."""
-    if not detection.events:
-        return []
-    frames = Video(detection.video).read_frames((e.peak_frame for e in detection.events), rgb=False)
-    thumbs = []
-    for event in detection.events:
-        image = cv2.cvtColor(frames[event.peak_frame], cv2.COLOR_GRAY2BGR)
-        x0, y0, x1, y1 = event.box
-        scale = min(1.0, THUMB_WIDTH / image.shape[1])
-        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        cv2.rectangle(image, (round(x0 * scale), round(y0 * scale)), (round(x1 * scale), round(y1 * scale)), BOX_BGR, 2)
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        thumbs.append(encoded.tobytes() if ok else b"")
-    return thumbs
 
 
 def scan_video(
     stage1: Stage1, path: Path, key: str, on_frames: Callable[[int, int | None], None] | None
 ) -> VideoResult:
-    """Stage 1 and thumbnails for one video; any failure becomes the result's error, never an exception."""
+    """Stage 1, thumbnails and clips for one video; any failure becomes the result's error, never an exception."""
     began = time.perf_counter()
     try:
         detection = stage1.detect(path, on_frames)
-        return VideoResult(str(path), key, detection, event_thumbnails(detection), seconds=time.perf_counter() - began)
+        thumbs, clips = event_thumbnails(detection), event_clips(detection)
+        return VideoResult(str(path), key, detection, thumbs, clips, seconds=time.perf_counter() - began)
     except CallmError as exc:
         error = str(exc)
     except (cv2.error, OSError, ValueError, RuntimeError) as exc:
@@ -138,6 +124,7 @@ class RunFolder:
             raise CallmError(f"{root}: exists and is not a folder")
         (root / VIDEOS_DIR).mkdir(parents=True, exist_ok=True)
         (root / THUMBS_DIR).mkdir(exist_ok=True)
+        (root / CLIPS_DIR).mkdir(exist_ok=True)
         self.records = self.read_summary()
 
     @property
@@ -209,7 +196,7 @@ class RunFolder:
         write_json_atomic(path, settings)
 
     def save(self, result: VideoResult) -> dict[str, Any]:
-        """Write a video's JSON and thumbnails, then its summary line (last, so it marks the video done)."""
+        """Write a video's JSON, thumbnails and clips, then its summary line (last, so it marks the video done)."""
         path = Path(result.path)
         name = output_name(path)
         record: dict[str, Any] = {"path": result.path, "key": result.key, "seconds": round(result.seconds, 3)}
@@ -217,10 +204,14 @@ class RunFolder:
         if detection is None:
             record.update(status="error", error=result.error)
         else:
-            for index, jpeg in enumerate(result.thumbnails):
-                write_atomic(self.root / THUMBS_DIR / f"{name}-{index}.jpg", lambda tmp, b=jpeg: tmp.write_bytes(b))
             data = detection.to_dict()
-            data["thumbnails"] = [f"{THUMBS_DIR}/{name}-{i}.jpg" for i in range(len(result.thumbnails))]
+            for kind, folder, suffix in (("thumbnails", THUMBS_DIR, "jpg"), ("clips", CLIPS_DIR, "mp4")):
+                files = []
+                for index, content in enumerate(getattr(result, kind)):
+                    relative = f"{folder}/{name}-{index}.{suffix}"
+                    write_atomic(self.root / relative, lambda tmp, b=content: tmp.write_bytes(b))
+                    files.append(relative)
+                data[kind] = files
             write_json_atomic(self.root / VIDEOS_DIR / f"{name}.json", data)
             explained = detection.explanations
             record.update(

@@ -14,8 +14,9 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -325,3 +326,46 @@ def testing_videos(root: Path) -> list[Path]:
             if videos:
                 return sorted(videos, key=lambda p: natural_key(p.name))
     raise CallmError(f"{root}: no test videos (expected testing/frames/<video>/ frame folders)")
+
+
+class Mp4Writer:
+    """RGB uint8 frames into an H.264 mp4 that browsers play: yuv420p, index at the front (``faststart``).
+
+    Sizes must be even for yuv420p: an odd last row or column is repeated. Use as a context manager; the file is
+    complete when it closes.
+    """
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        import av  # only writing clips needs PyAV
+
+        self._av = av
+        self.container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self.fps = Fraction(check_fps(fps)).limit_denominator(1001)
+        self.stream: Any = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        if self.stream is None:
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream.width, self.stream.height = w + w % 2, h + h % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"preset": "veryfast", "crf": "23"}
+        if (w % 2, h % 2) != (0, 0):
+            frame = cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+        if frame.shape[:2] != (self.stream.height, self.stream.width):
+            raise ValueError(f"frame {w}x{h} in a clip of {self.stream.width}x{self.stream.height}")
+        packets = self.stream.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+        self.container.mux(packets)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
+        self.container.close()
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

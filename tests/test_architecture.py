@@ -22,12 +22,13 @@ ALLOWED = {
     "vador": PLUMBING | {"results", "ae", "vlm"},
     "cascade": PLUMBING | {"results", "ae", "vlm", "vador"},
     "localisation": PLUMBING | {"results"},
+    "clips": PLUMBING | {"results"},
     "evaluate": PLUMBING | {"results", "ae", "cascade", "localisation"},
-    "scan": PLUMBING | {"results", "ae", "cascade"},
+    "scan": PLUMBING | {"results", "ae", "cascade", "clips"},
     "inspect": PLUMBING | {"results", "ae", "vlm", "vador"},
     "report": PLUMBING | {"results", "scan"},
     "cli": PLUMBING
-    | {"results", "ae", "vlm", "vador", "cascade", "evaluate", "localisation", "scan", "inspect", "report"},
+    | {"results", "ae", "vlm", "vador", "cascade", "evaluate", "localisation", "clips", "scan", "inspect", "report"},
 }
 
 

@@ -57,8 +57,9 @@ def test_report_renders_curves_thumbnails_and_failures(scanned: Path, tmp_path: 
     assert len(re.findall(r'<tr class="video"', dom)) == 2
     assert len(re.findall(r'<polyline class="score"', dom)) == 2
     assert len(re.findall(r'<line class="threshold"', dom)) == 2
-    thumbs = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', dom)
-    assert len(thumbs) >= 2  # at least one event per video at threshold 0
+    # Each event plays its clip in place, its peak-frame still shown until it does.
+    stills = re.findall(r'<video class="clip" src="clips/[^"]+\.mp4" poster="data:image/jpeg;base64,', dom)
+    assert len(stills) >= 2  # at least one event per video at threshold 0
     assert len(re.findall(r'<tr class="failed"', dom)) == 1 and "broken.mp4" in dom
 
     shot = tmp_path / "shot.png"
@@ -69,9 +70,29 @@ def test_report_renders_curves_thumbnails_and_failures(scanned: Path, tmp_path: 
     # The score curves are drawn in blue (#1f5fd6): two polylines leave hundreds of such pixels.
     curve = (b > 180) & (r < 80) & (g > 60) & (g < 130)
     assert curve.sum() > 300, curve.sum()
-    # The thumbnails are grey camera frames: many mid-grey pixels the page itself (white, dark text) lacks.
+    # The stills are grey camera frames: many mid-grey pixels the page itself (white, dark text) lacks.
     grey = (np.abs(r - g) < 12) & (np.abs(g - b) < 12) & (g > 70) & (g < 170)
     assert grey.sum() > 5000, grey.sum()
     # And each carries its red event box (nothing else on the page is red).
     red = (r > 200) & (g < 70) & (b < 70)
     assert red.sum() > 50, red.sum()
+
+
+def test_the_reports_clips_play_in_chromium(scanned: Path, tmp_path: Path) -> None:
+    # A page beside the report loads each clip the report links and writes what the browser decoded.
+    clips = re.findall(r'<video class="clip" src="([^"]+)"', (scanned / "report.html").read_text())
+    assert clips
+    probe = scanned / "probe.html"
+    probe.write_text(
+        "<html><body><pre id='out'></pre><script>"
+        f"var clips = {clips!r}, out = document.getElementById('out');"
+        "clips.forEach(function (src) { var v = document.createElement('video'); v.muted = true; v.src = src;"
+        "v.onloadeddata = function () { out.textContent += src + ' ' + v.videoWidth + 'x' + v.videoHeight + ' '"
+        " + v.duration.toFixed(1) + ';'; };"
+        "v.onerror = function () { out.textContent += src + ' error;'; }; document.body.appendChild(v); });"
+        "</script></body></html>"
+    )
+    dom = chromium(probe, tmp_path / "profile-clips", "--virtual-time-budget=10000", "--dump-dom").stdout
+    played = dict(re.findall(r"(clips/\S+\.mp4) (\d+x\d+ [\d.]+);", dom))
+    assert set(played) == set(clips), dom
+    assert all(value.startswith("64x48 ") and float(value.split()[1]) > 0 for value in played.values()), played

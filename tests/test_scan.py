@@ -80,6 +80,9 @@ def test_scan_isolates_bad_files_and_a_rerun_does_no_work(
         data = json.loads((run / record["json"]).read_text())
         assert data["num_frames"] == record["num_frames"] and len(data["scores"]) == data["num_frames"]
         assert {"video", "fps", "threshold", "events", "windows_total", "windows_gated"} <= set(data)
+        # Every event has its thumbnail and its clip, beside the JSON in the run folder.
+        for kind in ("thumbnails", "clips"):
+            assert len(data[kind]) == len(data["events"]) and all((run / f).stat().st_size for f in data[kind])
     assert "truncated" in records["broken.avi"]["error"]
     assert "not a readable video" in records["notes.mp4"]["error"]
     assert all(records[n]["status"] == "error" for n in BAD)

@@ -111,7 +111,7 @@ def link_tracks(regions: Sequence[np.ndarray], start: int, end: int) -> list[lis
             best, best_iou = None, 0.0
             for index, track in enumerate(tracks):
                 last = np.asarray(track[-1][1:5])
-                if index in taken or frame - track[-1][0] > TRACK_GAP:
+                if index in taken or frame - track[-1][0] > TRACK_GAP + 1:
                     continue
                 iou = box_iou(last, region[:4])
                 if iou > best_iou or (best is None and _near(last, region[:4])):
@@ -126,7 +126,7 @@ def link_tracks(regions: Sequence[np.ndarray], start: int, end: int) -> list[lis
     if not tracks:
         return []
     tracks.sort(key=lambda t: -sum(e[5] for e in t))  # the track that matters most first
-    kept = [tracks[0], *(t for t in tracks[1:] if len(t) >= MIN_TRACK)]
+    kept = [t for t in tracks if len(t) >= MIN_TRACK] or [tracks[0]]
     # A frame whose every region was flicker keeps its worst one, in the main track: no frame of an event is blank.
     covered = {e[0] for t in kept for e in t}
     for frame in range(start, end + 1):

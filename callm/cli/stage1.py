@@ -329,6 +329,10 @@ def detect(
     path: Annotated[Path, typer.Argument(help="A video file or a folder of its frames.")],
     weights: WeightsOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    clips: Annotated[
+        Path | None,
+        typer.Option("--clips", help="Write each event as an mp4 here (1.5 s each side, tracked boxes drawn)."),
+    ] = None,
     stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
     min_event: MinEventOpt = 5,
@@ -350,6 +354,8 @@ def detect(
     from callm.report import detection_summary, events_table, write_json
 
     check_output_file(json_out, "--json")
+    if clips is not None:
+        check_output_folder(clips, "--clips")
     if path.is_dir() and not is_frame_folder(path):
         find_videos([path])  # a folder with nothing to scan gets that message, not this one
         raise CallmError(f"{path}: a folder of videos; scan it with callm scan {path} --out RUN_DIR")
@@ -362,11 +368,31 @@ def detect(
         detection = cascade.stage1.detect(path, bar)
         bar.close()
         cascade.explain(detection, progress)
+        clip_files = _write_clips(detection, clips, progress) if clips is not None else []
     if detection.events or detection.ltc is not None:
         console.print(events_table(detection))
     console.print(detection_summary(detection))
+    if clip_files:
+        console.print(f"{len(clip_files)} clip(s) in {clips}: {', '.join(p.name for p in clip_files)}")
     if json_out is not None:
-        write_json(json_out, detection.to_dict())
+        write_json(json_out, {**detection.to_dict(), **({"clips": [str(p) for p in clip_files]} if clips else {})})
+
+
+def _write_clips(detection: Detection, folder: Path, progress: Any) -> list[Path]:
+    """Each event's clip as ``<video>-event<k>.mp4`` in ``folder``, written atomically."""
+    import contextlib
+
+    from callm.clips import write_event_clips
+    from callm.files import atomic_path
+
+    if not detection.events:
+        return []
+    task = progress.add_task("clips", total=None)
+    paths = [folder / f"{Path(detection.video).stem}-event{k}.mp4" for k in range(1, len(detection.events) + 1)]
+    with contextlib.ExitStack() as stack:
+        write_event_clips(detection, [stack.enter_context(atomic_path(p)) for p in paths])
+    progress.remove_task(task)
+    return paths
 
 
 @app.command()

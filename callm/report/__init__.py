@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from callm.files import write_json_atomic
-from callm.results import Detection
+from callm.results import Detection, Event
 from callm.scan import ScanSummary
 
 
@@ -22,7 +22,7 @@ def events_table(detection: Detection) -> Table:
     """The events shown as anomalies: stage 1's, minus those stage 2 judged normal, and the LTC path's."""
     explained = detection.explanations is not None
     table = Table(title=f"Anomalies in {Path(detection.video).name}")
-    columns = ["#", "time", "frames", "peak score", "box [x0, y0, x1, y1]"]
+    columns = ["#", "time", "frames", "peak score", "where (peak box; main track from -> to)"]
     columns += ["found by"] if detection.ltc is not None else []
     columns += ["explanation"] if explained else []
     for name in columns:
@@ -41,12 +41,22 @@ def events_table(detection: Detection) -> Table:
             f"{_clock(event.start_s)} - {_clock(event.end_s)}",
             f"{event.start_frame}-{event.end_frame}",
             f"{event.peak_score:.2f}",
-            str(event.box),
+            where(event),
         ]
         row += [found_by] if detection.ltc is not None else []
         row += [text or ""] if explained else []
         table.add_row(*row)
     return table
+
+
+def where(event: Event) -> str:
+    """The peak box, and where the main track went: its first and last box centres."""
+    if not event.tracks:
+        return str(event.box)
+    main = event.tracks[0]
+    (x0, y0), (x1, y1) = (((e[1] + e[3]) // 2, (e[2] + e[4]) // 2) for e in (main[0], main[-1]))
+    others = f"; {len(event.tracks) - 1} more object(s)" if len(event.tracks) > 1 else ""
+    return f"{event.box}; ({x0:.0f}, {y0:.0f}) -> ({x1:.0f}, {y1:.0f}) over {len(main)} frames{others}"
 
 
 def detection_summary(detection: Detection) -> str:

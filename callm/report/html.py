@@ -1,10 +1,10 @@
-"""The run folder's ``report.html``: one self-contained page (no network needed to view it).
+"""The run folder's ``report.html``: one page, viewed with the run folder beside it (no network needed).
 
-A row per video: its anomaly-score curve over time (threshold line, events shaded) as inline SVG, the
-thumbnail of each event's peak frame with the event box, times, peak score and the stage-2 verdict and
-explanation when present, and the VADor's events and answer after ``--explainer ltc``. Rows sort by peak
-score (a few lines of inline JavaScript); failed files are listed with their errors.
-"""
+A row per video: its anomaly-score curve over time (threshold line, events shaded) as inline SVG; for each
+event, its clip (``clips/``, played in place, tracked boxes drawn) with the peak frame, its boxes and its main
+track's path as the still, its times, peak score and the stage-2 verdict and explanation when present; and the
+VADor's events and answer after ``--explainer ltc``. Stills are inlined; clips are linked files, too large to
+inline. Rows sort by peak score (a few lines of inline JavaScript); failed files are listed with their errors."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ REPORT = "report.html"
 CURVE_WIDTH, CURVE_HEIGHT = 480, 110
 CURVE_COLOUR = "#1f5fd6"
 MAX_THUMBS = 8  # per video, the highest-peaked events
+THUMB_SHOWN = 200  # px wide on the page
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
@@ -35,7 +36,7 @@ th.sortable { cursor: pointer; text-decoration: underline dotted; }
 .curve { background: #fafafa; border: 1px solid #eee; }
 .events { display: flex; flex-wrap: wrap; gap: 8px; }
 figure.event { margin: 0; width: 200px; font-size: 12px; }
-figure.event img { width: 200px; display: block; border: 1px solid #ccc; }
+figure.event img, figure.event video { width: 200px; display: block; border: 1px solid #ccc; }
 .verdict-normal { color: #777; }
 .verdict-anomaly { color: #b00020; font-weight: 600; }
 .path { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
@@ -102,22 +103,31 @@ def _thumbnail(run_dir: Path, relative: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _event_figure(run_dir: Path, event: dict[str, Any], thumb: str | None) -> str:
+def _event_figure(run_dir: Path, event: dict[str, Any], thumb: str | None, clip: str | None) -> str:
     verdict = event.get("verdict")
     lines = [f"{_clock(event['start_s'])}-{_clock(event['end_s'])} &middot; peak {event['peak_score']:.2f}"]
     if verdict is not None:
         text = html.escape(event.get("explanation") or "")
         lines.append(f'<span class="verdict-{verdict}">{verdict}</span> {text}')
     image = _thumbnail(run_dir, thumb) if thumb else ""
-    img = f'<img class="thumb" src="{image}" alt="peak frame {event["peak_frame"]}">' if image else ""
-    return f'<figure class="event">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
+    if clip and (run_dir / clip).is_file():  # the clip plays in place; the thumbnail shows until it does
+        shown = (
+            f'<video class="clip" src="{html.escape(clip)}" poster="{image}" controls muted loop preload="none" '
+            f'width="{THUMB_SHOWN}"></video>'
+        )
+    else:
+        shown = f'<img class="thumb" src="{image}" alt="peak frame {event["peak_frame"]}">' if image else ""
+    return f'<figure class="event">{shown}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
 
 
 def _video_row(run_dir: Path, record: dict[str, Any], data: dict[str, Any]) -> str:
     events = data["events"]
-    thumbs = data.get("thumbnails", [])
+    thumbs, clips = data.get("thumbnails", []), data.get("clips", [])
     ranked = sorted(range(len(events)), key=lambda i: -events[i]["peak_score"])[:MAX_THUMBS]
-    figures = "".join(_event_figure(run_dir, events[i], thumbs[i] if i < len(thumbs) else None) for i in sorted(ranked))
+    figures = "".join(
+        _event_figure(run_dir, events[i], thumbs[i] if i < len(thumbs) else None, clips[i] if i < len(clips) else None)
+        for i in sorted(ranked)
+    )
     more = f"<p>{len(events) - len(ranked)} more event(s) in the JSON</p>" if len(events) > len(ranked) else ""
     ltc = data.get("ltc")
     if ltc is not None:  # detect --explainer ltc: the VADor's own events and answer
@@ -169,7 +179,8 @@ def build_report(run_dir: Path) -> Path:
 {sum(r["events"] for r in ok)} events in all. Score curves: blue = anomaly score, dashed grey = threshold,
 orange = events.</div>
 <table id="videos"><thead><tr><th>video</th><th>events</th><th class="sortable" data-order="desc">peak score</th>
-<th>score over time</th><th>events (peak frame, box)</th></tr></thead><tbody>{rows}</tbody></table>
+<th>score over time</th><th>events (clips; the still: peak frame and track)</th></tr></thead>
+<tbody>{rows}</tbody></table>
 {failed_section}
 <script>{SORT_SCRIPT}</script>
 </body></html>
