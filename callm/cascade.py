@@ -61,14 +61,20 @@ class Stage1:
     def __init__(self, weights: AEWeights, options: DetectOptions, device: torch.device, dtype: torch.dtype) -> None:
         self.calibration = Calibration.from_dict(weights.calibration)
         self.options = options
+        self.model, self.device, self.dtype = weights.model, device, dtype
+        self.scorer = self.new_scorer(options.batch_size)
+
+    def new_scorer(self, batch_size: int) -> FrameScorer:
+        """A scorer of this model and calibration; a live stream takes its own with ``batch_size`` 1, so that
+        no frame waits for the windows after it."""
         calibration = self.calibration
-        self.scorer = FrameScorer(
-            weights.model,
+        return FrameScorer(
+            self.model,
             calibration.measure,
-            device=device,
-            dtype=dtype,
-            stride=options.stride or calibration.stride,
-            batch_size=options.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+            stride=self.options.stride or calibration.stride,
+            batch_size=batch_size,
             motion_step=calibration.motion_step,
             flow=calibration.speed_of if calibration.uses_flow else "off",
             regions=RegionFinder(calibration),

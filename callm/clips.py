@@ -60,19 +60,20 @@ def draw_boxes(frame: np.ndarray, boxes: Sequence[tuple[int, Sequence[float]]], 
     return drawn
 
 
-def _caption(frame: np.ndarray, text: str, in_event: bool) -> np.ndarray:
-    """The frame's time in a corner, and a red border while the event lasts."""
-    scale = max(0.35, min(frame.shape[:2]) / 600)
+def annotate(frame: np.ndarray, boxes: Sequence[tuple[int, Sequence[float]]], text: str, in_event: bool) -> np.ndarray:
+    """A clip's frame: the boxes drawn, ``text`` (its time) in a corner, and a red border while the event lasts."""
+    drawn = draw_boxes(frame, boxes)
+    scale = max(0.35, min(drawn.shape[:2]) / 600)
     origin = (4, 4 + round(22 * scale))
-    cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(drawn, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(drawn, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     if in_event:
-        edge = _thickness(frame) + 1
-        cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), TRACK_RGB[0], edge)
-    return frame
+        edge = _thickness(drawn) + 1
+        cv2.rectangle(drawn, (0, 0), (drawn.shape[1] - 1, drawn.shape[0] - 1), TRACK_RGB[0], edge)
+    return drawn
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     return f"{int(minutes)}:{secs:05.2f}"
 
@@ -95,9 +96,9 @@ def write_event_clips(detection: Detection, paths: Sequence[Path], pad_s: float 
                 if k not in writers:
                     writers[k] = Mp4Writer(paths[k], detection.fps)
                 event = detection.events[k]
-                drawn = draw_boxes(frame, boxes[k].get(index, []))
                 in_event = event.start_frame <= index <= event.end_frame
-                writers[k].write(_caption(drawn, f"{_clock(index / detection.fps)}  event {k + 1}", in_event))
+                text = f"{clock(index / detection.fps)}  event {k + 1}"
+                writers[k].write(annotate(frame, boxes[k].get(index, []), text, in_event))
                 if index == span.stop - 1:
                     writers.pop(k).close()
             if index >= last:
@@ -121,18 +122,19 @@ def event_thumbnails(detection: Detection) -> list[bytes]:
     if not detection.events:
         return []
     frames = Video(detection.video, folder_fps=detection.fps).read_frames(e.peak_frame for e in detection.events)
-    thumbs = []
-    for event in detection.events:
-        # Drawn after resizing (small frames are enlarged), so the lines stay sharp.
-        frame = frames[event.peak_frame]
-        scale = THUMB_WIDTH / frame.shape[1]
-        resized = cv2.resize(
-            frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        )
-        image = draw_boxes(resized, boxes_at(event).get(event.peak_frame, [(0, event.box)]), scale)
-        if event.tracks:
-            path = [[(e[1] + e[3]) / 2 * scale, (e[2] + e[4]) / 2 * scale] for e in event.tracks[0]]
-            cv2.polylines(image, [np.array(path, np.int32)], False, TRACK_RGB[0], _thickness(image), cv2.LINE_AA)
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        thumbs.append(encoded.tobytes() if ok else b"")
-    return thumbs
+    return [thumbnail(frames[e.peak_frame], e) for e in detection.events]
+
+
+def thumbnail(frame: np.ndarray, event: Event) -> bytes:
+    """JPEG of an event's peak frame (RGB) with its boxes there and the path of its main track."""
+    # Drawn after resizing (small frames are enlarged), so the lines stay sharp.
+    scale = THUMB_WIDTH / frame.shape[1]
+    resized = cv2.resize(
+        frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    image = draw_boxes(resized, boxes_at(event).get(event.peak_frame, [(0, event.box)]), scale)
+    if event.tracks:
+        path = [[(e[1] + e[3]) / 2 * scale, (e[2] + e[4]) / 2 * scale] for e in event.tracks[0]]
+        cv2.polylines(image, [np.array(path, np.int32)], False, TRACK_RGB[0], _thickness(image), cv2.LINE_AA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return encoded.tobytes() if ok else b""

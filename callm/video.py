@@ -53,6 +53,18 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def convert_frame(frame: np.ndarray, size: tuple[int, int] | None = None, rgb: bool = False) -> np.ndarray:
+    """A decoded BGR (or grey) frame as stage 1 or a viewer takes it: grey, or RGB with ``rgb``, resized to
+    ``size`` = (height, width). Files and live streams go through this one function, so they score alike."""
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if rgb else frame
+    else:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if rgb else cv2.COLOR_BGR2GRAY)
+    if size is None or frame.shape[:2] == size:
+        return frame
+    return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
@@ -121,15 +133,6 @@ class Video:
     def frames(self, size: tuple[int, int] | None = None, rgb: bool = False) -> Iterator[np.ndarray]:
         """Yield uint8 frames, grey (H, W) or with ``rgb`` (H, W, 3), resized to ``size`` = (height, width)."""
 
-        def convert(frame: np.ndarray) -> np.ndarray:
-            if frame.ndim == 2:
-                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB) if rgb else frame
-            else:
-                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if rgb else cv2.COLOR_BGR2GRAY)
-            if size is None or frame.shape[:2] == size:
-                return frame
-            return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-
         if self.info.is_frame_folder:
             first = (self.info.height, self.info.width)
             for file in self._files:
@@ -139,7 +142,7 @@ class Video:
                         f"{file}: {image.shape[1]}x{image.shape[0]} pixels, but the folder's first frame is "
                         f"{first[1]}x{first[0]}; a frame folder holds one video, all its frames one size"
                     )
-                yield convert(image)
+                yield convert_frame(image, size, rgb)
             return
         cap = cv2.VideoCapture(str(self.path))
         decoded = 0
@@ -149,7 +152,7 @@ class Video:
                 if not ok:
                     break
                 decoded += 1
-                yield convert(frame)
+                yield convert_frame(frame, size, rgb)
         finally:
             cap.release()
         expected = self.info.num_frames
@@ -175,7 +178,6 @@ class Video:
 class Window:
     start: int  # index of the window's first frame in the video
     frames: np.ndarray  # (length, H, W) uint8
-    last: bool  # True for the final window of the video (the stream has ended)
 
 
 def iter_windows(
@@ -183,32 +185,25 @@ def iter_windows(
 ) -> Iterator[Window]:
     """Cut windows of ``length`` frames every ``step`` frames; the final window always ends on the last frame.
 
-    Memory is one window. A stream shorter than ``length`` is an error: no window can be scored.
+    A window comes out as soon as its last frame arrives (a live stream waits for no more), and when the stream
+    ends, one more ending on its last frame if the last window did not. Memory is one window. A stream shorter
+    than ``length`` is an error: no window can be scored.
     """
     if step < 1:
         raise ValueError("step must be >= 1")
     buffer: deque[np.ndarray] = deque(maxlen=length)
     count = 0
     next_start = 0
-    pending: Window | None = None  # held back one step so the final window can be flagged
     for frame in frames:
         buffer.append(frame)
         count += 1
-        start = count - length
-        if start == next_start:
-            if pending is not None:
-                yield pending
-            pending = Window(start, np.stack(buffer), False)
+        if count - length == next_start:
+            yield Window(next_start, np.stack(buffer))
             next_start += step
     if count < length:
         raise CallmError(f"{source}: has {count} frames; at least {length} are needed for one window")
-    final_start = count - length
-    if pending is not None and pending.start == final_start:
-        yield Window(pending.start, pending.frames, True)
-        return
-    if pending is not None:
-        yield pending
-    yield Window(final_start, np.stack(buffer), True)
+    if next_start - step != count - length:
+        yield Window(count - length, np.stack(buffer))
 
 
 def window_starts(num_frames: int) -> list[int]:

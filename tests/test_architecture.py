@@ -26,9 +26,23 @@ ALLOWED = {
     "evaluate": PLUMBING | {"results", "ae", "cascade", "localisation"},
     "scan": PLUMBING | {"results", "ae", "cascade", "clips"},
     "inspect": PLUMBING | {"results", "ae", "vlm", "vador"},
+    "live": PLUMBING | {"results", "ae", "cascade", "clips"},
     "report": PLUMBING | {"results", "scan"},
     "cli": PLUMBING
-    | {"results", "ae", "vlm", "vador", "cascade", "evaluate", "localisation", "clips", "scan", "inspect", "report"},
+    | {
+        "results",
+        "ae",
+        "vlm",
+        "vador",
+        "cascade",
+        "evaluate",
+        "localisation",
+        "clips",
+        "scan",
+        "inspect",
+        "report",
+        "live",
+    },
 }
 
 

@@ -29,15 +29,13 @@ def expected_starts(n: int, step: int) -> list[int]:
 
 @pytest.mark.parametrize("step", [1, 3, 8, 16])
 @pytest.mark.parametrize("n", [16, 17, 40, 48])
-def test_iter_windows_starts_content_and_last_flag(n: int, step: int) -> None:
+def test_iter_windows_starts_and_content(n: int, step: int) -> None:
     windows = list(iter_windows(numbered_frames(n), step=step))
     assert [w.start for w in windows] == expected_starts(n, step)
     for w in windows:
         assert w.frames.shape == (WINDOW, 4, 6)
         assert w.frames[:, 0, 0].tolist() == list(range(w.start, w.start + WINDOW))
-    # Exactly one window is flagged last, it comes last, and it ends on the last frame.
-    assert [w.last for w in windows] == [False] * (len(windows) - 1) + [True]
-    assert windows[-1].start + WINDOW == n
+    assert windows[-1].start + WINDOW == n  # the last one ends on the last frame
 
 
 def test_iter_windows_known_tilings() -> None:
@@ -61,7 +59,8 @@ def test_iter_windows_rejects_bad_step() -> None:
 
 @pytest.mark.parametrize("step", [1, 8])
 def test_iter_windows_streams_lazily(step: int) -> None:
-    """Memory is windows, not the video: an endless stream yields windows after pulling only what they need."""
+    """Memory is windows, not the video: an endless stream yields each window as soon as its last frame is in
+    (what a live camera's latency rests on)."""
     pulled = 0
 
     def endless():
@@ -73,12 +72,9 @@ def test_iter_windows_streams_lazily(step: int) -> None:
     windows = iter_windows(endless(), step=step)
     assert pulled == 0  # a generator: nothing is read before the first window is asked for
     first = next(windows)
-    assert first.start == 0 and not first.last
-    # One window is held back a step so the final one can be flagged, so the first costs WINDOW + step frames.
-    assert pulled == WINDOW + step
+    assert first.start == 0 and pulled == WINDOW
     third = next(itertools.islice(windows, 1, None))
-    assert third.start == 2 * step
-    assert pulled == WINDOW + 3 * step
+    assert third.start == 2 * step and pulled == WINDOW + 2 * step
 
 
 # --- frame folders, discovery --------------------------------------------------------------------------------

@@ -34,17 +34,24 @@ MIN_WINDOWS, ENOUGH_WINDOWS = 4, 100
 BOOTSTRAP_ROUNDS = 200
 
 
+def smoothing_kernel(sigma: float) -> np.ndarray:
+    """The Gaussian over time that scores are smoothed with: ``4 sigma`` frames each side (one frame at 0)."""
+    if sigma <= 0:
+        return np.ones(1)
+    radius = int(4 * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
 def smooth_curve(values: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing along time: anomalies last many frames, single-frame flickers do not."""
     values = np.asarray(values, dtype=np.float64)
     if sigma <= 0 or len(values) < 2:
         return values
-    radius = int(4 * sigma + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel /= kernel.sum()
+    kernel = smoothing_kernel(sigma)
     # Edge frames repeat outward, so the ends are not pulled toward zero.
-    padded = np.pad(values, radius, mode="edge")
+    padded = np.pad(values, len(kernel) // 2, mode="edge")
     return np.convolve(padded, kernel, mode="valid")
 
 

@@ -13,7 +13,7 @@ most (or lies nearest to), else it starts a new one, so two objects at once keep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -101,7 +101,9 @@ def _entry(frame: int, region: np.ndarray) -> list[float]:
     return [frame, *(round(float(v)) for v in region[:4]), round(float(region[4]), 3)]
 
 
-def link_tracks(regions: Sequence[np.ndarray], start: int, end: int) -> list[list[list[float]]]:
+def link_tracks(
+    regions: Sequence[np.ndarray] | Mapping[int, np.ndarray], start: int, end: int
+) -> list[list[list[float]]]:
     """Tracks through frames ``start..end`` (inclusive) of each frame's ``regions``: lists of
     ``[frame, x0, y0, x1, y1, score]``."""
     tracks: list[list[list[float]]] = []

@@ -122,6 +122,8 @@ class FrameRegions(Sequence[np.ndarray]):
         self._length = 0
 
     def __setitem__(self, frame: int, regions: np.ndarray) -> None:
+        if frame < 0:
+            raise IndexError(f"frame {frame}: regions are stored by frame number from 0")
         block, row = divmod(frame, self.BLOCK)
         if block not in self._blocks:
             self._blocks[block] = np.zeros((self.BLOCK, MAX_REGIONS, 5), np.float32)
@@ -162,6 +164,18 @@ class FrameScores:
     speed_rows: np.ndarray | None = None
     # Each frame's regions, (k, 5) [x0, y0, x1, y1, score] in original pixels, when the scorer had a region finder.
     regions: FrameRegions | None = None
+
+
+@dataclass
+class ScoredFrame:
+    """One frame's stage-1 output, final: no later window scores it again."""
+
+    index: int
+    psnr: float
+    box: list[int]  # [x0, y0, x1, y1] in original-frame pixels
+    speed: float | None = None  # the flow signal, when the scorer reduces the flow as it goes
+    rows: np.ndarray | None = None  # the flow's row tops, when the scorer keeps them for a calibration
+    regions: np.ndarray | None = None  # (k, 5) [x0, y0, x1, y1, score], with a region finder
 
 
 def scored_range(stride: int) -> tuple[int, int]:
@@ -207,6 +221,7 @@ class FrameScorer:
         self.motion_step = motion_step
         self.flow = flow
         self.regions = regions
+        self.windows_scored = 0
         scored_range(stride)  # validate early
 
     @property
@@ -235,6 +250,34 @@ class FrameScorer:
         on_window: Callable[[int], None] | None = None,
     ) -> FrameScores:
         """Score a stream of uint8 grey frames already at model size; boxes are scaled to ``frame_size``."""
+        psnr, boxes, speeds, rows = [], [], [], []
+        regions = FrameRegions() if self.regions is not None else None
+        for frame in self.scored_frames(frames, frame_size, source, on_window):
+            psnr.append(frame.psnr)
+            boxes.append(frame.box)
+            speeds.append(frame.speed)
+            rows.append(frame.rows)
+            if regions is not None and frame.regions is not None:
+                regions[frame.index] = frame.regions
+        return FrameScores(
+            psnr=np.array(psnr, dtype=np.float64),
+            boxes=np.array(boxes, dtype=np.int64),
+            windows_scored=self.windows_scored,
+            speed=np.array(speeds, dtype=np.float64) if callable(self.flow) else None,
+            speed_rows=np.stack(rows) if self.flow == "rows" else None,
+            regions=regions,
+        )
+
+    def scored_frames(
+        self,
+        frames: Iterable[np.ndarray],
+        frame_size: tuple[int, int],
+        source: str,
+        on_window: Callable[[int], None] | None = None,
+    ) -> Iterator[ScoredFrame]:
+        """Each frame of a stream of uint8 grey frames at model size, in order, as soon as no later window can
+        score it again: what a live camera is scored with. A frame comes out at most ``WINDOW + stride`` frames
+        after it went in (with ``batch_size`` 1); ``windows_scored`` counts the windows so far."""
         found = _Found()
 
         def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
@@ -242,48 +285,61 @@ class FrameScorer:
                 if self.regions is not None:
                     found.cells[index] = cells  # read when the frame is scored, dropped after
                 if self.flow == "rows":
-                    found.rows.append(row_tops(cells))
+                    found.rows[index] = row_tops(cells)
                 elif callable(self.flow):
-                    found.speeds.append(self.flow(row_tops(cells)))
+                    found.speeds[index] = self.flow(row_tops(cells))
                 yield frame
 
         # Decoding and flow run ahead on their own thread, beside the model.
         stream: Iterable[np.ndarray] = frames
         if self.flow != "off" or self.regions is not None:
             stream = record_motion(with_speed_cells(frames, self.motion_step))
-        windows = n = 0
+        lo = scored_range(self.stride)[0]
+        self.windows_scored = released = n = 0
         ahead = prefetch(stream, depth=WINDOW + self.batch_size * self.stride)
         windows_iter = iter_windows(ahead, step=self.stride, source=source)
         for batch in batched_windows(windows_iter, self.batch_size):
             errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
             for window, error in zip(batch, errors, strict=True):
-                windows += 1
+                self.windows_scored += 1
                 n = window.start + WINDOW
                 self._assign(window, error, frame_size, found)
                 if on_window is not None:
                     on_window(n)
-            # Frames before the last window's start are scored for good: what only scoring needs of them goes.
-            for gathered in (found.cells, found.distance):
-                for index in [i for i in gathered if i < batch[-1].start]:
-                    del gathered[index]
-        # Frames before the first scored frame and after the last take the nearest window's value: a window's
-        # edge frames reconstruct worse than its middle, and would read as anomalies at every video's ends.
-        first, last = min(found.psnr), max(found.psnr)
-        nearest = [min(max(i, first), last) for i in range(n)]
-        if self.regions is None:
-            boxes = np.array([found.boxes[i] for i in nearest], dtype=np.int64)
+            # Later windows start after this batch's last and score from their own offset ``lo`` on.
+            final = batch[-1].start + lo
+            for index in range(released, final + 1):
+                yield self._release(index, found, frame_size)
+            released = final + 1
+            for index in [i for i in found.cells if i < batch[-1].start]:
+                del found.cells[index]
+        for index in range(released, n):
+            yield self._release(index, found, frame_size)
+
+    def _release(self, index: int, found: _Found, frame_size: tuple[int, int]) -> ScoredFrame:
+        """Frame ``index``'s output, its scoring state dropped. Frames before the first scored frame and after
+        the last take the nearest scored one's value: a window's edge frames reconstruct worse than its middle,
+        and would read as anomalies at every video's ends."""
+        if index in found.psnr:
+            found.distance.pop(index, None)
+            found.nearest = (found.psnr.pop(index), found.boxes.pop(index, None), found.regions.pop(index, None))
+            value = found.nearest
+        elif found.nearest is None:  # before the first scored frame
+            first = min(found.psnr)
+            value = (found.psnr[first], found.boxes.get(first), found.regions.get(first))
         else:
-            for i in [*range(first), *range(last + 1, n)]:
-                found.regions[i] = found.regions[nearest[i]]
-            whole = [0, 0, frame_size[1], frame_size[0]]
-            boxes = np.array([r[0, :4] if len(r) else whole for r in found.regions], dtype=np.int64)
-        return FrameScores(
-            psnr=np.array([found.psnr[i] for i in nearest], dtype=np.float64),
-            boxes=boxes,
-            windows_scored=windows,
-            speed=np.array(found.speeds[:n], dtype=np.float64) if callable(self.flow) else None,
-            speed_rows=np.stack(found.rows[:n]) if self.flow == "rows" else None,
-            regions=found.regions if self.regions is not None else None,
+            value = found.nearest
+        psnr, box, regions = value
+        if regions is not None:  # the frame's box is its worst region's
+            box = regions[0, :4].tolist() if len(regions) else [0, 0, frame_size[1], frame_size[0]]
+        assert box is not None
+        return ScoredFrame(
+            index=index,
+            psnr=psnr,
+            box=[int(v) for v in box],
+            speed=found.speeds.pop(index, None),
+            rows=found.rows.pop(index, None),
+            regions=regions,
         )
 
     def _assign(self, window: Window, error: torch.Tensor, frame_size: tuple[int, int], found: _Found) -> None:
@@ -299,18 +355,20 @@ class FrameScorer:
             found.distance[frame] = abs(o - CENTRE)
             if self.regions is None:
                 found.boxes[frame] = error_box(error[o].numpy(), frame_size, blur)
-            else:  # the frame's box is its worst region's
+            else:
                 found.regions[frame] = self.regions(error[o], found.cells.get(frame), frame_size)
 
 
 @dataclass
 class _Found:
-    """What scoring a video gathers frame by frame."""
+    """What scoring a stream gathers of the frames not yet released."""
 
     psnr: dict[int, float] = field(default_factory=dict)
     boxes: dict[int, list[int]] = field(default_factory=dict)  # without a region finder
     distance: dict[int, int] = field(default_factory=dict)  # from the centre of the window that scored the frame
-    regions: FrameRegions = field(default_factory=FrameRegions)
+    regions: dict[int, np.ndarray] = field(default_factory=dict)
     cells: dict[int, np.ndarray] = field(default_factory=dict)  # flow cells of frames not yet scored for good
-    speeds: list[float] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
+    speeds: dict[int, float] = field(default_factory=dict)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)
+    # The last released frame's (psnr, box, regions): the value of the frames after the last scored one.
+    nearest: tuple[float, list[int] | None, np.ndarray | None] | None = None

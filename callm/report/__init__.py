@@ -140,3 +140,16 @@ def localisation_line(measures: dict[str, Any]) -> str:
         f"median region area {'-' if ratio is None else f'{ratio:.2f}'}x the anomaly, normal frames flagged "
         f"{share(measures['false_positive_rate_at_threshold'])}"
     )
+
+
+def cameras_table(rows: list[dict[str, Any]]) -> Table:
+    """The live state of a watch's cameras: status, frame rate, lag behind live, skipped frames, events."""
+    table = Table(title="callm watch")
+    for column in ("camera", "status", "fps", "lag", "frames", "skipped", "events", "open event", "detail"):
+        table.add_column(column, justify="right" if column in ("fps", "lag", "frames", "skipped", "events") else "left")
+    for row in rows:
+        table.add_row(
+            row["camera"], row["status"], f"{row['fps']:.1f}", f"{row['lag_s']:.2f} s", str(row["frames"]),
+            str(row["skipped"]), str(row["events"]), row["open"], row["detail"],
+        )  # fmt: skip
+    return table

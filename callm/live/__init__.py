@@ -1,0 +1,1 @@
+"""Live cameras: sources, online scoring, the event store and alerts (`callm watch`)."""
