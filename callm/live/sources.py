@@ -63,6 +63,8 @@ def parse_source(text: str, realtime: bool = False) -> Source:
         name, url = "", text
     if not url:
         raise CallmError(f"{text!r}: no source after the camera name")
+    if name and not NAME.match(name):
+        raise CallmError(f"{name!r}: a camera name is letters, digits, '-' and '_' (at most 64)")
     scheme = urlsplit(url).scheme.lower()
     kind: SourceKind
     if scheme in ("rtsp", "rtsps", "http", "https"):
@@ -81,8 +83,6 @@ def parse_source(text: str, realtime: bool = False) -> Source:
             raise CallmError(f"{url}: no such video file")
         kind, url, default = "file", str(path), path.stem
     name = name or re.sub(r"[^A-Za-z0-9_-]", "-", default)[:64]
-    if not NAME.match(name):
-        raise CallmError(f"{name!r}: a camera name is letters, digits, '-' and '_' (at most 64)")
     return Source(name, url, kind, realtime and kind == "file")
 
 

@@ -1,0 +1,197 @@
+"""`callm watch` on files and dead sources: the same events as `callm detect`, stored, sent, and kept through kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import av
+import pytest
+from helpers import assert_user_error
+from synthetic import make_frames, write_video
+from typer.testing import CliRunner
+
+from callm.cli import app
+from callm.live.store import EventStore
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def intruder_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six seconds at 25 fps; an intruder from 2 s to 3.6 s."""
+    folder = tmp_path_factory.mktemp("watch")
+    return write_video(folder / "gate.mp4", make_frames(150, seed=10, intruder=(50, 90)), fps=FPS)
+
+
+def closed(folder: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    return [r for r in lines if r["state"] == "close"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_watching_a_file_finds_the_events_detect_finds(
+    runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "watch"
+    result = runner.invoke(app, ["watch", str(intruder_mp4), "--out", str(out), "-w", str(weights_dir)])
+    assert result.exit_code == 0, result.output
+    detected = tmp_path / "d.json"
+    assert (
+        runner.invoke(app, ["detect", str(intruder_mp4), "-w", str(weights_dir), "--json", str(detected)]).exit_code
+        == 0
+    )
+    events = json.loads(detected.read_text())["events"]
+    live = closed(out)
+    assert events and len(live) == len(events)
+    for record, event in zip(live, events, strict=True):
+        for key in ("start_frame", "end_frame", "peak_frame", "box"):
+            assert record[key] == event[key], key
+        assert record["peak_score"] == pytest.approx(event["peak_score"], abs=1e-3)
+        assert record["start_s"] == pytest.approx(event["start_s"], abs=1e-3)
+        assert record["end_s"] == pytest.approx(event["end_s"], abs=1e-3)
+        assert record["tracks"] == event["tracks"]
+        with av.open(str(out / record["clip"])) as clip:  # the clip has its padding and plays
+            frames = sum(1 for _ in clip.decode(video=0))
+        pad = round(2.0 * FPS)
+        first, last = max(0, event["start_frame"] - pad), min(149, event["end_frame"] + pad)
+        assert frames == last - first + 1
+        assert (out / record["thumbnail"]).stat().st_size > 0
+    with EventStore(out, readonly=True) as store:
+        assert [e["id"] for e in store.events()] == [r["id"] for r in live]
+        assert store.unclosed() == []
+    # Watching again into the same folder continues the store: new ids, old events kept.
+    again = runner.invoke(app, ["watch", f"gate={intruder_mp4}", "--out", str(out), "-w", str(weights_dir)])
+    assert again.exit_code == 0, again.output
+    assert len(closed(out)) == 2 * len(events)
+    assert len({r["id"] for r in closed(out)}) == 2 * len(events)
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_webhook_gets_every_record_and_a_dead_source_does_not_stop_the_others(
+    runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received = []
+    dead = f"dead=rtsp://127.0.0.1:{free_port()}/cam"
+    out = tmp_path / "watch"
+    try:
+        result = runner.invoke(
+            app,
+            ["watch", str(intruder_mp4), dead, "--out", str(out), "-w", str(weights_dir), "--duration", "8",
+             "--webhook", f"http://127.0.0.1:{server.server_address[1]}/events"],
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert records and [r["id"] + r["state"] for r in Hook.received] == [r["id"] + r["state"] for r in records]
+    assert {r["camera"] for r in records} == {"gate"}
+    with EventStore(out, readonly=True) as store:
+        dead_stats = store.latest_stats()["dead"]
+        gaps = store.gaps("dead")
+    assert dead_stats["status"] in ("reconnecting", "stopped")
+    assert gaps and "connection refused" in gaps[0]["reason"]
+
+
+def watch_process(video: Path, weights: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "callm.cli", "watch", str(video), "--out", str(out), "-w", str(weights)]
+    return subprocess.Popen([*command, "--realtime", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(folder: Path, state: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log = folder / "events.jsonl"
+        if log.exists():
+            for line in log.read_text().splitlines():
+                if line.endswith("}") and json.loads(line)["state"] == state:
+                    return json.loads(line)
+        time.sleep(0.1)
+    raise AssertionError(f"no {state} record in {timeout_s} s")
+
+
+def test_sigterm_closes_the_open_event_and_exits_0_and_latency_is_bounded(
+    weights_dir: Path, intruder_mp4: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "watch"
+    process = watch_process(intruder_mp4, weights_dir, out)
+    try:
+        opened = wait_for(out, "open")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err.decode()
+    # Played in real time: from the event's first frame to its open record, at most a window plus 2 s.
+    assert 0 <= opened["latency_s"] <= 16 / FPS + 2.0
+    last = closed(out)[-1]
+    assert last["id"] == opened["id"] and last["closed_at"] >= opened["opened_at"]
+
+
+def test_kill_9_loses_no_closed_event_and_a_restart_closes_what_was_open(
+    runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "watch"
+    process = watch_process(intruder_mp4, weights_dir, out)
+    try:
+        wait_for(out, "close")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    before = closed(out)
+    assert before
+    with EventStore(out, readonly=True) as store:
+        stored = {e["id"]: e for e in store.events()}
+    assert all(stored[r["id"]]["state"] == "close" for r in before)
+    result = runner.invoke(app, ["watch", str(intruder_mp4), "--out", str(out), "-w", str(weights_dir)])
+    assert result.exit_code == 0, result.output
+    with EventStore(out, readonly=True) as store:
+        assert store.unclosed() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("ftp://host/cam", "unsupported source"),
+        ("rtsp:///cam", "no host"),
+        ("missing.mp4", "no such video file"),
+        ("bad name=missing.mp4", "camera name"),
+    ],
+)
+def test_bad_sources_get_one_line(runner: CliRunner, tmp_path: Path, source: str, message: str) -> None:
+    result = runner.invoke(app, ["watch", source, "--out", str(tmp_path / "w")])
+    assert_user_error(result, message)
+
+
+def test_two_cameras_need_two_names(runner: CliRunner, intruder_mp4: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["watch", str(intruder_mp4), str(intruder_mp4), "--out", str(tmp_path / "w")])
+    assert_user_error(result, "distinct names")
