@@ -27,7 +27,7 @@ ALLOWED = {
     "scan": PLUMBING | {"results", "ae", "cascade", "clips"},
     "inspect": PLUMBING | {"results", "ae", "vlm", "vador"},
     "live": PLUMBING | {"results", "ae", "cascade", "clips"},
-    "report": PLUMBING | {"results", "scan"},
+    "report": PLUMBING | {"results", "scan", "live"},
     "cli": PLUMBING
     | {
         "results",

@@ -74,6 +74,10 @@ def test_watching_a_file_finds_the_events_detect_finds(
     with EventStore(out, readonly=True) as store:
         assert [e["id"] for e in store.events()] == [r["id"] for r in live]
         assert store.unclosed() == []
+    # The report shows the camera's timeline and plays each event's clip.
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert page.count("<video") == len(live) and 'class="event-span"' in page
     # Watching again into the same folder continues the store: new ids, old events kept.
     again = runner.invoke(app, ["watch", f"gate={intruder_mp4}", "--out", str(out), "-w", str(weights_dir)])
     assert again.exit_code == 0, again.output

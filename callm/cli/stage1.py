@@ -510,11 +510,12 @@ def _scan(
 
 @app.command()
 @user_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="The --out folder of a batch scan.")]) -> None:
-    """Rebuild a scan's report.html from its JSON files."""
-    from callm.report.html import build_report
+def report(run_dir: Annotated[Path, typer.Argument(help="The --out folder of a batch scan or a watch.")]) -> None:
+    """Rebuild a scan's report.html from its JSON files, or write a watch folder's from its event store."""
+    from callm.report.html import build_report, build_watch_report
 
-    console.print(f"wrote {build_report(run_dir)}")
+    watched = (run_dir / "events.sqlite").is_file()
+    console.print(f"wrote {build_watch_report(run_dir) if watched else build_report(run_dir)}")
 
 
 @app.command("eval")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,14 @@ def _thumbnail(run_dir: Path, relative: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _event_figure(run_dir: Path, event: dict[str, Any], thumb: str | None, clip: str | None) -> str:
+def _event_figure(
+    run_dir: Path, event: dict[str, Any], thumb: str | None, clip: str | None, when: str | None = None
+) -> str:
+    """An event as a figure: its clip (or still), ``when`` it was (default: its times in the video), its peak
+    score and any stage-2 verdict."""
     verdict = event.get("verdict")
-    lines = [f"{_clock(event['start_s'])}-{_clock(event['end_s'])} &middot; peak {event['peak_score']:.2f}"]
+    when = when or f"{_clock(event['start_s'])}-{_clock(event['end_s'])}"
+    lines = [f"{when} &middot; peak {event['peak_score']:.2f}"]
     if verdict is not None:
         text = html.escape(event.get("explanation") or "")
         lines.append(f'<span class="verdict-{verdict}">{verdict}</span> {text}')
@@ -148,6 +154,16 @@ def _video_row(run_dir: Path, record: dict[str, Any], data: dict[str, Any]) -> s
     )
 
 
+def _page(title: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
+<body>
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
 def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` from the run folder's JSON files and thumbnails; returns its path."""
     if not (run_dir / SUMMARY).is_file():
@@ -171,20 +187,86 @@ def build_report(run_dir: Path) -> Path:
         if failed
         else ""
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>callm scan report</title><style>{STYLE}</style></head>
-<body>
-<h1>callm scan report</h1>
-<div class="totals">{len(records)} videos, {len(failed)} failed, {sum(r["events"] > 0 for r in ok)} with events,
-{sum(r["events"] for r in ok)} events in all. Score curves: blue = anomaly score, dashed grey = threshold,
+    page = _page(
+        "callm scan report",
+        f"""<div class="totals">{len(records)} videos, {len(failed)} failed, {sum(r["events"] > 0 for r in ok)} with
+events, {sum(r["events"] for r in ok)} events in all. Score curves: blue = anomaly score, dashed grey = threshold,
 orange = events.</div>
 <table id="videos"><thead><tr><th>video</th><th>events</th><th class="sortable" data-order="desc">peak score</th>
 <th>score over time</th><th>events (clips; the still: peak frame and track)</th></tr></thead>
 <tbody>{rows}</tbody></table>
 {failed_section}
-<script>{SORT_SCRIPT}</script>
-</body></html>
-"""
+<script>{SORT_SCRIPT}</script>""",
+    )
     out = run_dir / REPORT
+    write_text_atomic(out, page)
+    return out
+
+
+def _wall(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "?"
+
+
+def timeline_svg(events: list[dict[str, Any]], gaps: list[dict[str, Any]], first: float, last: float) -> str:
+    """A camera's watch as a line in wall time: events as orange bars, outages (gaps) as grey ones."""
+    span = max(last - first, 1e-6)
+
+    def x(t: float) -> float:
+        return (min(max(t, first), last) - first) / span * CURVE_WIDTH
+
+    def bar(start: float, end: float, colour: str, css: str) -> str:
+        return (
+            f'<rect class="{css}" x="{x(start):.1f}" y="6" width="{max(2.0, x(end) - x(start)):.1f}" height="22" '
+            f'fill="{colour}"/>'
+        )
+
+    bars = "".join(bar(g["started_at"], g["ended_at"] or last, "#bbb", "gap") for g in gaps)
+    bars += "".join(bar(e["started_at"], e.get("closed_at") or last, "#ff9800", "event-span") for e in events)
+    return (
+        f'<svg class="curve" width="{CURVE_WIDTH}" height="34" xmlns="http://www.w3.org/2000/svg">'
+        f'<line x1="0" x2="{CURVE_WIDTH}" y1="17" y2="17" stroke="#444"/>{bars}</svg>'
+        f'<div class="totals">{_wall(first)} to {_wall(last)}</div>'
+    )
+
+
+def build_watch_report(folder: Path) -> Path:
+    """Write ``folder/report.html`` for a ``callm watch`` folder: per camera, its timeline (events, outages) and
+    each event's clip, times, peak score and any stage-2 verdict."""
+    from callm.live.store import EventStore
+
+    with EventStore(folder, readonly=True) as store:
+        cameras = store.cameras()
+        events = {c: store.events(c) for c in cameras}
+        gaps = {c: store.gaps(c) for c in cameras}
+        stats = store.latest_stats()
+    rows = []
+    for camera in cameras:
+        times = [t for e in events[camera] for t in (e.get("started_at"), e.get("closed_at")) if t]
+        times += [t for g in gaps[camera] for t in (g["started_at"], g["ended_at"]) if t]
+        if camera in stats:
+            times.append(stats[camera]["time"])
+        first, last = (min(times), max(times)) if times else (0.0, 1.0)
+        figures = "".join(
+            _event_figure(
+                folder, e, e.get("thumbnail"), e.get("clip"),
+                f"{_wall(e.get('started_at'))} ({e['end_s'] - e['start_s']:.1f} s, {e['state']})",
+            )
+            for e in sorted(events[camera], key=lambda e: e.get("started_at") or 0)
+        )  # fmt: skip
+        health = stats.get(camera, {})
+        rows.append(
+            f'<tr class="camera"><td class="path">{html.escape(camera)}<br>{html.escape(health.get("status", ""))} '
+            f"{html.escape(health.get('detail') or '')}</td><td>{len(events[camera])}</td>"
+            f"<td>{timeline_svg(events[camera], gaps[camera], first, last)}</td>"
+            f'<td><div class="events">{figures}</div></td></tr>'
+        )
+    page = _page(
+        "callm watch report",
+        f"""<div class="totals">{len(cameras)} camera(s), {sum(len(e) for e in events.values())} events. Timelines:
+orange = events, grey = the camera was not watched (stream lost).</div>
+<table id="cameras"><thead><tr><th>camera</th><th>events</th><th>timeline</th><th>events (clips)</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>""",
+    )
+    out = folder / REPORT
     write_text_atomic(out, page)
     return out
