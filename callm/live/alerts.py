@@ -49,6 +49,13 @@ class Sink(Protocol):
     def summary(self) -> dict[str, Any]: ...
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failure: urllib would follow a POST's 301/302/303 as a GET, silently losing the record."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if isinstance(error, urllib.error.HTTPError) else f"{type(error).__name__}: {text}"
@@ -76,7 +83,8 @@ class Webhook:
         if parts.username is not None:  # urllib does not send a URL's user:password itself
             user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(parts.password or "")
             self.headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, max(0, retries), backoff_s
+        self._opener = urllib.request.build_opener(_NoRedirect)
         self.sent = self.failed = self.dropped = 0
         self.last_error: str | None = None
         self._counts = threading.Lock()
@@ -115,7 +123,7 @@ class Webhook:
             request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
             wait = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with self._opener.open(request, timeout=self.timeout_s) as response:
                     response.read()
                 with self._counts:
                     self.sent += 1

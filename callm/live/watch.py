@@ -42,7 +42,7 @@ class ExplainJob:
 class ExplainWorker(threading.Thread):
     """Stage 2 on its own thread: closed events in, verdicts recorded as they come."""
 
-    def __init__(self, explainer: Any, emit: Callable[[dict[str, Any]], None], size: int = EXPLAIN_QUEUE) -> None:
+    def __init__(self, explainer: Any, emit: Callable[[dict[str, Any]], None], size: int) -> None:
         super().__init__(name="stage2", daemon=True)
         self.explainer, self.emit = explainer, emit
         self.jobs: queue.Queue[ExplainJob | None] = queue.Queue(maxsize=size)
@@ -94,7 +94,7 @@ class Watch:
         self.lock = threading.Lock()
         self.numbers = {s.name: store.next_number(s.name) for s in sources}
         self.gaps: dict[str, int] = {}
-        self.worker = ExplainWorker(explainer, self._emit) if explainer is not None else None
+        self.worker = ExplainWorker(explainer, self._emit, EXPLAIN_QUEUE) if explainer is not None else None
         self.cameras = [
             Camera(
                 source,
