@@ -68,3 +68,16 @@ def test_callm_installed_from_the_wheel_detects_from_another_folder(wheel: Path,
     assert result.returncode == 0, result.stderr
     data = json.loads((elsewhere / "out.json").read_text())
     assert data["events"] and Path(data["video"]).name == "clip.mp4"
+
+
+def test_every_package_of_callm_is_in_the_wheel_list() -> None:
+    """pyproject lists the packages by hand: a new sub-package left out would be missing from an installed callm."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for p in (REPO / "callm").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found <= listed, sorted(found - listed)
