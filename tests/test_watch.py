@@ -199,3 +199,27 @@ def test_bad_sources_get_one_line(runner: CliRunner, tmp_path: Path, source: str
 def test_two_cameras_need_two_names(runner: CliRunner, intruder_mp4: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["watch", str(intruder_mp4), str(intruder_mp4), "--out", str(tmp_path / "w")])
     assert_user_error(result, "distinct names")
+
+
+class Locked(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_wrong_credentials_get_one_line_and_the_watch_goes_on(runner: CliRunner, tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"door=http://user:secret@127.0.0.1:{server.server_address[1]}/video.mjpg"
+        result = runner.invoke(app, ["watch", url, "--out", str(tmp_path / "w"), "--duration", "3"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    told = [line for line in result.stderr.splitlines() if "door" in line]
+    assert len(told) == 1 and "credentials" in told[0] and "secret" not in told[0], result.stderr
+    assert "Traceback" not in result.output

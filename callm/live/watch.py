@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from callm.cascade import Stage1
+from callm.console import err_console
 from callm.live.alerts import Alerts
 from callm.live.camera import Camera, Stored, rgb
 from callm.live.sources import Source
@@ -94,6 +95,7 @@ class Watch:
         self.lock = threading.Lock()
         self.numbers = {s.name: store.next_number(s.name) for s in sources}
         self.gaps: dict[str, int] = {}
+        self.told: dict[str, str] = {}
         self.worker = ExplainWorker(explainer, self._emit, EXPLAIN_QUEUE) if explainer is not None else None
         self.cameras = [
             Camera(
@@ -152,6 +154,9 @@ class Watch:
 
     def _status(self, camera: Camera) -> None:
         stats, name = camera.stats, camera.source.name
+        if stats.status == "reconnecting" and stats.detail and stats.detail != self.told.get(name):
+            self.told[name] = stats.detail  # each new reason once, not at every retry
+            err_console.print(f"callm watch: {stats.detail}; retrying", markup=False)
         if stats.status == "reconnecting" and name not in self.gaps:
             self.gaps[name] = self.store.gap_started(name, stats.detail or "stream lost")
         elif stats.status == "streaming" and name in self.gaps:
