@@ -223,3 +223,44 @@ def test_wrong_credentials_get_one_line_and_the_watch_goes_on(runner: CliRunner,
     told = [line for line in result.stderr.splitlines() if "door" in line]
     assert len(told) == 1 and "credentials" in told[0] and "secret" not in told[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def mjpeg_handler(frames: list[bytes], fps: float) -> type[BaseHTTPRequestHandler]:
+    class Mjpeg(BaseHTTPRequestHandler):
+        """An IP camera's MJPEG stream: multipart JPEGs, one per frame, at the camera's rate."""
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for jpeg in frames:
+                    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                    self.wfile.write(head.encode() + jpeg + b"\r\n")
+                    time.sleep(1 / fps)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Mjpeg
+
+
+def test_an_http_mjpeg_camera_is_watched(runner: CliRunner, weights_dir: Path, tmp_path: Path) -> None:
+    import cv2
+
+    frames = make_frames(100, seed=10, intruder=(30, 60))
+    jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))[1].tobytes() for f in frames]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), mjpeg_handler(jpegs, 25.0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "w"
+    try:
+        url = f"lobby=http://127.0.0.1:{server.server_address[1]}/video.mjpg"
+        result = runner.invoke(app, ["watch", url, "--out", str(out), "-w", str(weights_dir), "--duration", "7"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    with EventStore(out, readonly=True) as store:
+        assert store.latest_stats()["lobby"]["frames"] >= 90
+    assert closed(out), "the intruder on the MJPEG stream raised no event"
