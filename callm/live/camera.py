@@ -136,9 +136,13 @@ class Camera(threading.Thread):
 
     def run(self) -> None:
         self.grabber.start()
-        for segment in self.grabber.segments():
-            self._score(segment)
-        self._finish_pending(force=True)
+        try:
+            for segment in self.grabber.segments():
+                self._score(segment)
+            self._finish_pending(force=True)
+        except Exception as error:  # the store or the disk failed: this camera stops, said in one line
+            self.grabber.stop()
+            self._status("failed", f"{self.source.name}: stopped: {error}")
 
     # --- scoring ----------------------------------------------------------------------------------------------
 
@@ -181,7 +185,11 @@ class Camera(threading.Thread):
             handle(scores.flush())
         except Exception as error:  # a stream too short for a window, or a frame the model cannot take
             self._status("reconnecting", f"{self.source.name}: {error}")
-        self._changes(events.flush(), reason="stream ended" if self.source.kind == "file" else "stream lost")
+        if self.grabber.stopping.is_set():
+            reason = "watch stopped"
+        else:
+            reason = "stream ended" if self.source.kind == "file" else "stream lost"
+        self._changes(events.flush(), reason=reason)
         self._finish_pending(force=True)
 
     def _note_scored(self, index: int) -> None:

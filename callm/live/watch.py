@@ -154,9 +154,10 @@ class Watch:
 
     def _status(self, camera: Camera) -> None:
         stats, name = camera.stats, camera.source.name
-        if stats.status == "reconnecting" and stats.detail and stats.detail != self.told.get(name):
+        if stats.status in ("reconnecting", "failed") and stats.detail and stats.detail != self.told.get(name):
             self.told[name] = stats.detail  # each new reason once, not at every retry
-            err_console.print(f"callm watch: {stats.detail}; retrying", markup=False)
+            again = "; retrying" if stats.status == "reconnecting" else ""
+            err_console.print(f"callm watch: {stats.detail}{again}", markup=False)
         if stats.status == "reconnecting" and name not in self.gaps:
             self.gaps[name] = self.store.gap_started(name, stats.detail or "stream lost")
         elif stats.status == "streaming" and name in self.gaps:
