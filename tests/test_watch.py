@@ -268,3 +268,39 @@ def test_an_http_mjpeg_camera_is_watched(runner: CliRunner, weights_dir: Path, t
     with EventStore(out, readonly=True) as store:
         assert store.latest_stats()["lobby"]["frames"] >= 90
     assert closed(out), "the intruder on the MJPEG stream raised no event"
+
+
+def test_the_ring_can_be_read_for_clips_while_frames_are_added() -> None:
+    """Frames go in on the reading thread while the camera's thread cuts clips from the ring."""
+    import numpy as np
+
+    from callm.live.camera import Ring
+    from callm.live.sources import Frame
+
+    ring = Ring(max_frames=50)
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), 0.0, 0.0)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        for index in range(5000):
+            ring.add(index, frame)
+        done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                span = ring.span(0, 10**9)
+                assert len(span) <= 50 and [s.index for s in span] == sorted(s.index for s in span)
+                ring.get(span[-1].index if span else 0)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=add), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [s.index for s in ring.span(0, 10**9)] == list(range(4950, 5000))
+    assert ring.get(4999) is not None and ring.get(4949) is None

@@ -49,29 +49,36 @@ class Stored:
 
 
 class Ring:
-    """The camera's last frames as JPEG, at most ``max_frames`` and ``max_bytes``: memory stays flat."""
+    """The camera's last frames as JPEG, at most ``max_frames`` and ``max_bytes``: memory stays flat.
+
+    Frames are added on the scorer's reading thread (decoding runs ahead of the model) while the camera's thread
+    reads them for clips: a lock keeps the two apart."""
 
     def __init__(self, max_frames: int, max_bytes: int = RING_MAX_BYTES) -> None:
         self.frames: deque[Stored] = deque()
         self.max_frames, self.max_bytes, self.bytes = max_frames, max_bytes, 0
+        self.lock = threading.Lock()
 
     def add(self, index: int, frame: Frame) -> None:
         ok, encoded = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return
-        self.frames.append(Stored(index, frame.stream_s, frame.wall, encoded.tobytes()))
-        self.bytes += len(self.frames[-1].jpeg)
-        while len(self.frames) > self.max_frames or self.bytes > self.max_bytes:
-            self.bytes -= len(self.frames.popleft().jpeg)
+        with self.lock:
+            self.frames.append(Stored(index, frame.stream_s, frame.wall, encoded.tobytes()))
+            self.bytes += len(self.frames[-1].jpeg)
+            while len(self.frames) > self.max_frames or self.bytes > self.max_bytes:
+                self.bytes -= len(self.frames.popleft().jpeg)
 
     def get(self, index: int) -> Stored | None:
-        if not self.frames or not self.frames[0].index <= index <= self.frames[-1].index:
-            return None
-        stored = self.frames[index - self.frames[0].index]
-        return stored if stored.index == index else next((s for s in self.frames if s.index == index), None)
+        with self.lock:
+            if not self.frames or not self.frames[0].index <= index <= self.frames[-1].index:
+                return None
+            stored = self.frames[index - self.frames[0].index]  # indices run without holes
+            return stored if stored.index == index else None
 
     def span(self, first: int, last: int) -> list[Stored]:
-        return [s for s in self.frames if first <= s.index <= last]
+        with self.lock:
+            return [s for s in self.frames if first <= s.index <= last]
 
 
 def rgb(stored: Stored) -> np.ndarray:
