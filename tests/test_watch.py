@@ -304,3 +304,36 @@ def test_the_ring_can_be_read_for_clips_while_frames_are_added() -> None:
     assert errors == []
     assert [s.index for s in ring.span(0, 10**9)] == list(range(4950, 5000))
     assert ring.get(4999) is not None and ring.get(4949) is None
+
+
+def test_an_hls_stream_is_watched(runner: CliRunner, weights_dir: Path, tmp_path: Path) -> None:
+    """HLS (a playlist of short segments over HTTP, as NVRs and cloud cameras publish): written by FFmpeg's own
+    HLS muxer, served by a plain HTTP server."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler
+
+    import numpy as np
+
+    folder = tmp_path / "hls"
+    folder.mkdir()
+    frames = make_frames(100, seed=10, intruder=(30, 60))
+    with av.open(str(folder / "live.m3u8"), "w", format="hls", options={"hls_time": "1", "hls_list_size": "0"}) as hls:
+        stream = hls.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in frames:
+            hls.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gray")))
+        hls.mux(stream.encode(None))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "w"
+    try:
+        url = f"nvr=http://127.0.0.1:{server.server_address[1]}/live.m3u8"
+        result = runner.invoke(app, ["watch", url, "--out", str(out), "-w", str(weights_dir), "--duration", "6"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    with EventStore(out, readonly=True) as store:
+        assert store.latest_stats()["nvr"]["frames"] >= 100
+    assert closed(out), "the intruder in the HLS stream raised no event"
