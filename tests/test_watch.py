@@ -337,3 +337,12 @@ def test_an_hls_stream_is_watched(runner: CliRunner, weights_dir: Path, tmp_path
     with EventStore(out, readonly=True) as store:
         assert store.latest_stats()["nvr"]["frames"] >= 100
     assert closed(out), "the intruder in the HLS stream raised no event"
+
+
+def test_an_unknown_host_gets_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["watch", "x=rtsp://no-such-camera.invalid/cam", "--out", str(tmp_path / "w"), "--duration", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    told = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(told) == 1 and "unknown host" in told[0], result.stderr

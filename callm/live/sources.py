@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,7 +108,7 @@ def describe_error(source: Source, error: BaseException) -> str:
         reason = "connection refused (nothing listens there)"
     elif "timed out" in lowered or "timeout" in lowered or "etimedout" in lowered:
         reason = "timed out (host unreachable or not answering)"
-    elif "name or service not known" in lowered or "resolve" in lowered or "nodename" in lowered:
+    elif "unknown host" in lowered or "name or service not known" in lowered or "resolve" in lowered:
         reason = "unknown host"
     else:
         reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
@@ -130,6 +131,13 @@ StatusCallback = Callable[[str, str | None], None]
 
 def open_container(source: Source) -> Any:
     import av
+
+    host = urlsplit(source.url).hostname if source.kind in ("rtsp", "http") else None
+    if host:  # FFmpeg reports a name that does not resolve as a bare I/O error
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            raise ConnectionError(f"unknown host {host}") from None
 
     options = {"rtsp_transport": "tcp"} if source.kind == "rtsp" else {}
     fmt = "v4l2" if source.kind == "device" else None
