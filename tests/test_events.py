@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -89,3 +92,43 @@ def test_gated_windows_are_those_overlapping_an_event() -> None:
     assert gated_windows([event(47, 49)], 50) == [32, 34]  # the end-aligned window overlaps the one before
     assert gated_windows([event(0, 0), event(49, 49)], 50) == [0, 34]
     assert gated_windows([event(0, 5)], 10) == []  # too short for any window
+
+
+def test_a_stream_event_longer_than_the_track_memory_keeps_its_last_frames(monkeypatch) -> None:
+    import callm.ae.online
+    from callm.ae.online import StreamEvents
+
+    monkeypatch.setattr(callm.ae.online, "MAX_TRACK_FRAMES", 10)
+    events = StreamEvents(threshold=1.0, fps=10, min_frames=1, max_gap=0, update_every=1000)
+    region = np.array([[0, 0, 4, 4, 2.0]], np.float32)
+    for frame in range(50):
+        events.push(frame, 2.0, [0, 0, 4, 4], region)
+    (change, event), *_ = events.flush()
+    assert change == "close" and (event.start_frame, event.end_frame) == (0, 49)
+    assert [e[0] for e in event.tracks[0]] == list(range(40, 50))
+
+
+@pytest.mark.parametrize("frames", [1, 5, 40, 300])
+def test_stream_scores_and_events_equal_detects_on_the_whole_video(weights_dir: Path, frames: int) -> None:
+    """What a live camera computes frame by frame is what detect computes on the whole video."""
+    from callm.ae.calibrate import Calibration
+    from callm.ae.events import find_events
+    from callm.ae.online import StreamEvents, StreamScores
+
+    calibration = Calibration.from_dict(json.loads((weights_dir / "ae.json").read_text())["calibration"])
+    rng = np.random.default_rng(frames)
+    psnr = calibration.psnr_center + rng.normal(0, 3 * calibration.psnr_scale, frames)
+    speed = rng.normal(calibration.speed_center, 3 * calibration.speed_scale, frames) if calibration.uses_flow else None
+    whole = calibration.calibrated(psnr, speed)
+    stream = StreamScores(calibration)
+    released = [s for i in range(frames) for s in stream.push(psnr[i], None if speed is None else speed[i])]
+    released += stream.flush()
+    assert [f for f, _ in released] == list(range(frames))
+    np.testing.assert_allclose([v for _, v in released], whole, atol=1e-9)
+    threshold = float(np.quantile(whole, 0.7))
+    expected = find_events(whole, threshold, 10, np.zeros((frames, 4), int), min_frames=3, max_gap=2)
+    events = StreamEvents(threshold, 10, min_frames=3, max_gap=2, update_every=1000)
+    changes = [c for f, v in released for c in events.push(f, v, [0, 0, 1, 1], None)] + events.flush()
+    closed = [(e.start_frame, e.end_frame, e.peak_frame, e.peak_score) for c, e in changes if c == "close"]
+    assert closed == [(e.start_frame, e.end_frame, e.peak_frame, e.peak_score) for e in expected]
+    assert sum(c == "open" for c, _ in changes) == len(expected)

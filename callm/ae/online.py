@@ -22,6 +22,8 @@ from callm.ae.regions import link_tracks
 from callm.results import Event
 
 EventChange = Literal["open", "update", "close"]
+# Frames of regions an open event keeps for its tracks: 10 minutes at 25 fps (memory stays bounded).
+MAX_TRACK_FRAMES = 15000
 
 
 class StreamScores:
@@ -99,6 +101,8 @@ class StreamEvents:
             run = self.run = _Run(frame, frame, frame, score, box)
         if regions is not None:
             run.regions[frame] = regions
+            if len(run.regions) > MAX_TRACK_FRAMES:  # an event lasting hours keeps its last stretch only
+                del run.regions[next(iter(run.regions))]
         if above:
             run.last_above = frame
             if score > run.peak_score:
@@ -120,7 +124,7 @@ class StreamEvents:
     def event(self, run: _Run, tracks: bool = False) -> Event:
         """The event as far as it is known; its tracks (linked over all its frames) when it closes."""
         end = run.last_above
-        linked = link_tracks(run.regions, run.start, end) if tracks and run.regions else []
+        linked = link_tracks(run.regions, min(run.regions), end) if tracks and run.regions else []
         return Event(
             start_frame=run.start,
             end_frame=end,
