@@ -346,3 +346,22 @@ def test_an_unknown_host_gets_one_line(runner: CliRunner, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     told = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(told) == 1 and "unknown host" in told[0], result.stderr
+
+
+def test_each_camera_can_have_its_own_calibration(
+    runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    strict = tmp_path / "strict"
+    shutil.copytree(weights_dir, strict)
+    meta = json.loads((strict / "ae.json").read_text())
+    meta["calibration"]["threshold"] = 1000.0  # this camera's gate: nothing reaches it
+    (strict / "ae.json").write_text(json.dumps(meta))
+    out = tmp_path / "w"
+    args = ["watch", f"a={intruder_mp4}", f"b={intruder_mp4}", "--out", str(out), "-w", str(weights_dir)]
+    result = runner.invoke(app, [*args, "-w", f"b={strict}"])
+    assert result.exit_code == 0, result.output
+    assert {r["camera"] for r in closed(out)} == {"a"}
+    bad = runner.invoke(app, [*args, "-w", f"c={strict}"])
+    assert_user_error(bad, "no camera named 'c'")
