@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import av
 import pytest
+from click.testing import Result
 from helpers import assert_user_error
 from synthetic import make_frames, write_video
 from typer.testing import CliRunner
@@ -36,6 +39,23 @@ def intruder_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def closed(folder: Path) -> list[dict]:
     lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     return [r for r in lines if r["state"] == "close"]
+
+
+@contextlib.contextmanager
+def serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server on a free loopback port, in a thread, for as long as the block lasts: yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def watch_http(runner: CliRunner, handler: Callable[..., BaseHTTPRequestHandler], source: str, *args: str) -> Result:
+    """``callm watch`` of ``source`` (``NAME=http://127.0.0.1:{port}/...``) served by ``handler``."""
+    with serving(handler) as port:
+        return runner.invoke(app, ["watch", source.format(port=port), *args])
 
 
 def free_port() -> int:
@@ -101,19 +121,15 @@ class Hook(BaseHTTPRequestHandler):
 def test_the_webhook_gets_every_record_and_a_dead_source_does_not_stop_the_others(
     runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
 ) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Hook.received = []
     dead = f"dead=rtsp://127.0.0.1:{free_port()}/cam"
     out = tmp_path / "watch"
-    try:
+    with serving(Hook) as port:
         result = runner.invoke(
             app,
             ["watch", str(intruder_mp4), dead, "--out", str(out), "-w", str(weights_dir), "--duration", "8",
-             "--webhook", f"http://127.0.0.1:{server.server_address[1]}/events"],
+             "--webhook", f"http://127.0.0.1:{port}/events"],
         )  # fmt: skip
-    finally:
-        server.shutdown()
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert records and [r["id"] + r["state"] for r in Hook.received] == [r["id"] + r["state"] for r in records]
@@ -216,13 +232,8 @@ class Locked(BaseHTTPRequestHandler):
 
 
 def test_wrong_credentials_get_one_line_and_the_watch_goes_on(runner: CliRunner, tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Locked)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"door=http://user:secret@127.0.0.1:{server.server_address[1]}/video.mjpg"
-        result = runner.invoke(app, ["watch", url, "--out", str(tmp_path / "w"), "--duration", "3"])
-    finally:
-        server.shutdown()
+    url = "door=http://user:secret@127.0.0.1:{port}/video.mjpg"
+    result = watch_http(runner, Locked, url, "--out", str(tmp_path / "w"), "--duration", "3")
     assert result.exit_code == 0, result.output
     told = [line for line in result.stderr.splitlines() if "door" in line]
     assert len(told) == 1 and "credentials" in told[0] and "secret" not in told[0], result.stderr
@@ -256,14 +267,10 @@ def test_an_http_mjpeg_camera_is_watched(runner: CliRunner, weights_dir: Path, t
 
     frames = make_frames(100, seed=10, intruder=(30, 60))
     jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))[1].tobytes() for f in frames]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), mjpeg_handler(jpegs, 25.0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "w"
-    try:
-        url = f"lobby=http://127.0.0.1:{server.server_address[1]}/video.mjpg"
-        result = runner.invoke(app, ["watch", url, "--out", str(out), "-w", str(weights_dir), "--duration", "7"])
-    finally:
-        server.shutdown()
+    url = "lobby=http://127.0.0.1:{port}/video.mjpg"
+    args = ["--out", str(out), "-w", str(weights_dir), "--duration", "7"]
+    result = watch_http(runner, mjpeg_handler(jpegs, 25.0), url, *args)
     assert result.exit_code == 0, result.output
     with EventStore(out, readonly=True) as store:
         assert store.latest_stats()["lobby"]["frames"] >= 90
@@ -325,14 +332,9 @@ def test_an_hls_stream_is_watched(runner: CliRunner, weights_dir: Path, tmp_path
         hls.mux(stream.encode(None))
     handler = partial(SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "w"
-    try:
-        url = f"nvr=http://127.0.0.1:{server.server_address[1]}/live.m3u8"
-        result = runner.invoke(app, ["watch", url, "--out", str(out), "-w", str(weights_dir), "--duration", "6"])
-    finally:
-        server.shutdown()
+    url = "nvr=http://127.0.0.1:{port}/live.m3u8"
+    result = watch_http(runner, handler, url, "--out", str(out), "-w", str(weights_dir), "--duration", "6")
     assert result.exit_code == 0, result.output
     with EventStore(out, readonly=True) as store:
         assert store.latest_stats()["nvr"]["frames"] >= 100
