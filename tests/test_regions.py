@@ -49,6 +49,23 @@ def test_one_hot_blob_gives_one_box_over_exactly_its_cells_in_frame_pixels() -> 
     assert found[0].tolist() == pytest.approx([3 * 4, 5 * 2, 7 * 4, 8 * 2, 12.0])
 
 
+def test_tightening_shrinks_a_box_to_its_pixels_of_high_error_and_leaves_the_rest_of_the_frame_out() -> None:
+    scores = np.zeros((10, 10), np.float32)
+    scores[2:6, 2:6] = 5.0  # one region of 4x4 cells
+    error = np.zeros((80, 80), np.float32)  # 8 error pixels a cell, in a 160x160 frame: 2 frame pixels each
+    error[30:38, 22:34] = 1.0  # the object: inside the region's cells (16..48), off their edges
+    error[70:78, 70:78] = 5.0  # stronger, but outside the region: not its business
+    loose = regions_of(scores, (160, 160), share=0.85)
+    tight = regions_of(scores, (160, 160), share=0.85, error=error, tighten=0.5)
+    assert loose[0, :4].tolist() == [32, 32, 96, 96]
+    x0, y0, x1, y1 = tight[0, :4]
+    # The blurred object's box, at most the blur's 2 error pixels (4 frame pixels) wider each side.
+    assert 40 <= x0 <= 44 and 56 <= y0 <= 60 and 68 <= x1 <= 72 and 76 <= y1 <= 80
+    assert tight[0, 4] == loose[0, 4]
+    # A region whose cells hold no error keeps its cell box.
+    assert regions_of(scores, (160, 160), 0.85, np.zeros((80, 80), np.float32), 0.5)[0, :4].tolist() == [32, 32, 96, 96]
+
+
 def test_a_lower_share_reaches_further_from_the_peak() -> None:
     scores = np.zeros((20, 16), np.float32)
     scores[4:10, 2:9] = 3.0

@@ -3,9 +3,11 @@
 The frame's score mixes the autoencoder's error and the flow speed, each measured over the worst few regions;
 the same mix, taken cell by cell (the flow's cells, 1/20 of the height), is a map of how abnormal each part of
 the frame is. A frame's regions are the connected groups of cells that stand out of that map: at least
-``region_share`` (stored in the calibration, 0.85) of the way from the frame's typical cell to its worst one
-(chosen on Ped2 test videos 01-06 against their pixel masks; ``bench/localisation.py``). Each region is a box
-in the video's own pixels with the calibrated score of its worst cell.
+``region_share`` (stored in the calibration, 0.8) of the way from the frame's typical cell to its worst one.
+A cell is coarse beside a walker, so each region's box then shrinks to the pixels of its cells whose
+autoencoder error reaches ``region_tighten`` (0.1) of the region's worst. Both were chosen on Ped2 test videos
+01-06 against their pixel masks (``bench/localisation.py``). Each region is a box in the video's own pixels
+with the calibrated score of its worst cell.
 
 An event's tracks link its frames' regions over time: a region continues the track whose last box it overlaps
 most (or lies nearest to), else it starts a new one, so two objects at once keep two tracks.
@@ -55,24 +57,55 @@ class RegionFinder:
     def __call__(self, error: torch.Tensor, cells: np.ndarray | None, frame_size: tuple[int, int]) -> np.ndarray:
         """(k, 5) float32 ``[x0, y0, x1, y1, score]`` in the video's own pixels, worst first; k >= 1."""
         scores = self.cell_scores(error, cells)
-        return regions_of(scores, frame_size, self.calibration.region_share)
+        tighten = self.calibration.region_tighten
+        detail = error.float().numpy() if tighten > 0 else None
+        return regions_of(scores, frame_size, self.calibration.region_share, detail, tighten)
 
 
-def regions_of(scores: np.ndarray, frame_size: tuple[int, int], share: float) -> np.ndarray:
+def regions_of(
+    scores: np.ndarray,
+    frame_size: tuple[int, int],
+    share: float,
+    error: np.ndarray | None = None,
+    tighten: float = 0.0,
+) -> np.ndarray:
     """The regions of a (rows, cols) map of cell scores, as boxes in a frame of ``frame_size`` (height, width):
-    the connected cells at least ``share`` of the way from the map's median to its peak."""
+    the connected cells at least ``share`` of the way from the map's median to its peak. With the pixel ``error``
+    map and ``tighten`` > 0, each box shrinks to the pixels of its cells whose (locally averaged) error reaches
+    ``tighten`` of the region's worst: a cell is coarse beside the object that made it stand out."""
     rows, cols = scores.shape
     typical, peak = float(np.median(scores)), float(scores.max())
     mask = (scores >= typical + share * (peak - typical)).astype(np.uint8)
     count, labels = cv2.connectedComponents(mask, connectivity=8)
     sy, sx = frame_size[0] / rows, frame_size[1] / cols
+    smooth = cv2.blur(error, (5, 5)) if error is not None and tighten > 0 else None
     found = []
     for label in range(1, count):
         ys, xs = np.nonzero(labels == label)
         box = [xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy]
+        if smooth is not None:
+            box = (
+                _tightened(smooth, (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1), (rows, cols), frame_size, tighten)
+                or box
+            )
         found.append([*box, float(scores[ys, xs].max())])
     found.sort(key=lambda r: -r[4])
     return np.array(found[:MAX_REGIONS], np.float32) if found else NO_REGIONS
+
+
+def _tightened(
+    error: np.ndarray, cells: tuple[int, int, int, int], grid: tuple[int, int], frame_size: tuple[int, int], keep: float
+) -> list[float] | None:
+    """The box, in frame pixels, of the pixels of cells ``(y0, x0, y1, x1)`` whose error reaches ``keep`` of
+    their highest; None when the cells hold no error."""
+    side = error.shape[0] // grid[0]  # error pixels per cell, as cell_scores pools them
+    y0, x0, y1, x1 = (c * side for c in cells)
+    patch = error[y0:y1, x0:x1]
+    if patch.size == 0 or not patch.max() > 0:
+        return None
+    ys, xs = np.nonzero(patch >= keep * patch.max())
+    fy, fx = frame_size[0] / error.shape[0], frame_size[1] / error.shape[1]
+    return [(x0 + xs.min()) * fx, (y0 + ys.min()) * fy, (x0 + xs.max() + 1) * fx, (y0 + ys.max() + 1) * fy]
 
 
 # --- tracks --------------------------------------------------------------------------------------------------
