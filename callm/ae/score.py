@@ -221,7 +221,6 @@ class FrameScorer:
         self.motion_step = motion_step
         self.flow = flow
         self.regions = regions
-        self.windows_scored = 0
         scored_range(stride)  # validate early
 
     @property
@@ -252,7 +251,15 @@ class FrameScorer:
         """Score a stream of uint8 grey frames already at model size; boxes are scaled to ``frame_size``."""
         psnr, boxes, speeds, rows = [], [], [], []
         regions = FrameRegions() if self.regions is not None else None
-        for frame in self.scored_frames(frames, frame_size, source, on_window):
+        windows = 0
+
+        def counted(done: int) -> None:  # every window scored reports once
+            nonlocal windows
+            windows += 1
+            if on_window is not None:
+                on_window(done)
+
+        for frame in self.scored_frames(frames, frame_size, source, counted):
             psnr.append(frame.psnr)
             boxes.append(frame.box)
             speeds.append(frame.speed)
@@ -262,7 +269,7 @@ class FrameScorer:
         return FrameScores(
             psnr=np.array(psnr, dtype=np.float64),
             boxes=np.array(boxes, dtype=np.int64),
-            windows_scored=self.windows_scored,
+            windows_scored=windows,
             speed=np.array(speeds, dtype=np.float64) if callable(self.flow) else None,
             speed_rows=np.stack(rows) if self.flow == "rows" else None,
             regions=regions,
@@ -277,7 +284,7 @@ class FrameScorer:
     ) -> Iterator[ScoredFrame]:
         """Each frame of a stream of uint8 grey frames at model size, in order, as soon as no later window can
         score it again: what a live camera is scored with. A frame comes out at most ``WINDOW + stride`` frames
-        after it went in (with ``batch_size`` 1); ``windows_scored`` counts the windows so far."""
+        after it went in (with ``batch_size`` 1)."""
         found = _Found()
 
         def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
@@ -295,13 +302,12 @@ class FrameScorer:
         if self.flow != "off" or self.regions is not None:
             stream = record_motion(with_speed_cells(frames, self.motion_step))
         lo = scored_range(self.stride)[0]
-        self.windows_scored = released = n = 0
+        released = n = 0
         ahead = prefetch(stream, depth=WINDOW + self.batch_size * self.stride)
         windows_iter = iter_windows(ahead, step=self.stride, source=source)
         for batch in batched_windows(windows_iter, self.batch_size):
             errors = self.reconstruction_errors(np.stack([w.frames for w in batch]))
             for window, error in zip(batch, errors, strict=True):
-                self.windows_scored += 1
                 n = window.start + WINDOW
                 self._assign(window, error, frame_size, found)
                 if on_window is not None:

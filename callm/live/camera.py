@@ -12,6 +12,7 @@ tail; the watch stopping, or the stream dropping, closes an event at once with t
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ import numpy as np
 from callm.ae.online import EventChange, StreamEvents, StreamScores
 from callm.ae.score import ScoredFrame
 from callm.cascade import Stage1
-from callm.clips import MAX_CLIP_S, annotate, boxes_at, clock, thumbnail
+from callm.clips import MAX_CLIP_S, annotate, boxes_at, clip_span, clock, thumbnail
 from callm.files import atomic_path, write_atomic
 from callm.live.sources import Frame, Grabber, Source
 from callm.results import Event
@@ -104,7 +105,6 @@ class CameraStats:
     lag_s: float = 0.0
     events: int = 0
     open_event: str | None = None
-    gap: int | None = None
     times: deque[float] = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -171,7 +171,7 @@ class Camera(threading.Thread):
         waiting: dict[int, ScoredFrame] = {}
 
         def model_frames() -> Iterator[np.ndarray]:
-            for frame in _chain(first, segment):
+            for frame in itertools.chain((first,), segment):
                 self.ring.add(self.index, frame)
                 self.index += 1
                 self.stats.frames += 1
@@ -284,13 +284,8 @@ class Camera(threading.Thread):
                 self.explain(record, item.event, self.ring.span(item.event.start_frame, item.event.end_frame))
 
     def _media(self, event: Event, name: str) -> dict[str, Any]:
-        pad = round(self.pad_s * self.fps)
-        longest = round(MAX_CLIP_S * self.fps)
-        first, last = event.start_frame - pad, event.end_frame + pad
-        if last - first + 1 > longest:
-            first = max(first, min(event.peak_frame - longest // 2, last - longest + 1))
-            last = first + longest - 1
-        frames = self.ring.span(first, last)
+        span = clip_span(event, self.fps, self.index, self.pad_s)  # frames up to the newest one in
+        frames = self.ring.span(span.start, span.stop - 1)
         media: dict[str, Any] = {"clip": None, "thumbnail": None}
         if not frames:
             return media
@@ -308,8 +303,3 @@ class Camera(threading.Thread):
             write_atomic(self.folder / thumb, lambda tmp: tmp.write_bytes(jpeg))
             media["thumbnail"] = str(thumb)
         return media
-
-
-def _chain(first: Frame, rest: Iterator[Frame]) -> Iterator[Frame]:
-    yield first
-    yield from rest
