@@ -3,7 +3,7 @@
 A clip runs from ``CLIP_PAD_S`` before the event to ``CLIP_PAD_S`` after it, so the viewer sees what led up to it
 and how it ended; an event longer than ``MAX_CLIP_S`` is cut to that length around its peak. Every track has its
 colour (the main one red); the time of each frame is written in a corner; frames inside the event carry a red
-border, the padding none. All of a video's clips come from one decoding pass.
+border, the padding none. All of a video's clips and thumbnails come from one decoding pass.
 """
 
 from __future__ import annotations
@@ -78,13 +78,15 @@ def clock(seconds: float) -> str:
     return f"{int(minutes)}:{secs:05.2f}"
 
 
-def write_event_clips(detection: Detection, paths: Sequence[Path], pad_s: float = CLIP_PAD_S) -> None:
-    """Write event k's clip to ``paths[k]`` (complete files, written as the video is decoded once)."""
+def write_event_clips(detection: Detection, paths: Sequence[Path], pad_s: float = CLIP_PAD_S) -> list[bytes]:
+    """Write event k's clip to ``paths[k]`` (complete files, written as the video is decoded once); returns each
+    event's thumbnail, made in the same pass (a clip always holds its event's peak)."""
     if len(paths) != len(detection.events):
         raise ValueError(f"{len(paths)} paths for {len(detection.events)} events")
     spans = [clip_span(e, detection.fps, detection.num_frames, pad_s) for e in detection.events]
     if not spans:
-        return
+        return []
+    thumbs = [b""] * len(spans)
     boxes = [boxes_at(e) for e in detection.events]
     writers: dict[int, Mp4Writer] = {}
     last = max(s.stop for s in spans) - 1
@@ -96,6 +98,8 @@ def write_event_clips(detection: Detection, paths: Sequence[Path], pad_s: float 
                 if k not in writers:
                     writers[k] = Mp4Writer(paths[k], detection.fps)
                 event = detection.events[k]
+                if index == event.peak_frame:
+                    thumbs[k] = thumbnail(frame, event)
                 in_event = event.start_frame <= index <= event.end_frame
                 text = f"{clock(index / detection.fps)}  event {k + 1}"
                 writers[k].write(annotate(frame, boxes[k].get(index, []), text, in_event))
@@ -106,27 +110,21 @@ def write_event_clips(detection: Detection, paths: Sequence[Path], pad_s: float 
     finally:
         for writer in writers.values():
             writer.close()
+    return thumbs
 
 
-def event_clips(detection: Detection, pad_s: float = CLIP_PAD_S) -> list[bytes]:
-    """Each event's clip as mp4 bytes (for a scan worker, which only computes and sends results back)."""
+def event_clips(detection: Detection, pad_s: float = CLIP_PAD_S) -> tuple[list[bytes], list[bytes]]:
+    """Each event's clip as mp4 bytes and its thumbnail as JPEG bytes, from one pass over the video (for a scan
+    worker, which only computes and sends results back)."""
     with tempfile.TemporaryDirectory(prefix="callm-clips-") as folder:
         paths = [Path(folder) / f"{k}.mp4" for k in range(len(detection.events))]
-        write_event_clips(detection, paths, pad_s)
-        return [p.read_bytes() if p.is_file() else b"" for p in paths]
-
-
-def event_thumbnails(detection: Detection) -> list[bytes]:
-    """JPEG of each event's peak frame with its boxes there and the path of its main track (the centres of its
-    boxes over the event), read in one pass over the video."""
-    if not detection.events:
-        return []
-    frames = Video(detection.video, folder_fps=detection.fps).read_frames(e.peak_frame for e in detection.events)
-    return [thumbnail(frames[e.peak_frame], e) for e in detection.events]
+        thumbs = write_event_clips(detection, paths, pad_s)
+        return [p.read_bytes() if p.is_file() else b"" for p in paths], thumbs
 
 
 def thumbnail(frame: np.ndarray, event: Event) -> bytes:
-    """JPEG of an event's peak frame (RGB) with its boxes there and the path of its main track."""
+    """JPEG of an event's peak frame (RGB) with its boxes there and the path of its main track (the centres of
+    its boxes over the event)."""
     # Drawn after resizing (small frames are enlarged), so the lines stay sharp.
     scale = THUMB_WIDTH / frame.shape[1]
     resized = cv2.resize(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cv2
 
-from callm.clips import event_clips, event_thumbnails
+from callm.clips import event_clips
 from callm.errors import CallmError
 from callm.files import (
     append_jsonl,
@@ -105,7 +105,7 @@ def scan_video(
     began = time.perf_counter()
     try:
         detection = stage1.detect(path, on_frames)
-        thumbs, clips = event_thumbnails(detection), event_clips(detection)
+        clips, thumbs = event_clips(detection)
         return VideoResult(str(path), key, detection, thumbs, clips, seconds=time.perf_counter() - began)
     except CallmError as exc:
         error = str(exc)
