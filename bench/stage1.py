@@ -23,7 +23,6 @@ convention), and the calibrated scores pooled as they are ("raw", what a deploym
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from dataclasses import replace
@@ -31,57 +30,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from protocol import HALVES, held_out, knob_grid, knobs, pooled_auc
 
 from callm.ae.calibrate import Calibration
 from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.device import fastest_dtype, parse_dtype, pick_device
 from callm.evaluate import gate_coverage
-from callm.metrics import minmax, read_frame_labels, roc_auc
+from callm.metrics import read_frame_labels
 from callm.results import Detection
 from callm.video import testing_videos
 
 REPO = Path(__file__).resolve().parent.parent
-FLOW_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SIGMAS = (0.0, 1.0, 2.0, 4.0, 7.0)
-HALVES = {"01-06": range(6), "07-12": range(6, 12)}
+
+
+def scores_of(calibration: Calibration, detections: list[Detection]) -> list[np.ndarray]:
+    return [calibration.calibrated(d.psnr, d.speed) for d in detections]
 
 
 def aucs(
     calibration: Calibration, detections: list[Detection], labels: list[np.ndarray], videos
 ) -> tuple[float, float]:
     """(min-max AUC, raw AUC) of ``videos`` (indices) scored with ``calibration``."""
-    scores = [calibration.calibrated(detections[i].psnr, detections[i].speed) for i in videos]
-    truth = np.concatenate([labels[i] for i in videos])
-    return (
-        roc_auc(truth, np.concatenate([minmax(s) for s in scores])),
-        roc_auc(truth, np.concatenate(scores)),
-    )
+    return pooled_auc(scores_of(calibration, detections), labels, videos)
 
 
-def held_out(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
+def held_out_knobs(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
     """Choose (flow weight, sigma) on each half by its min-max AUC; score the other half with that choice."""
-    grid = [replace(calibration, flow_weight=w, smooth_sigma=s) for w, s in itertools.product(FLOW_WEIGHTS, SIGMAS)]
-    if not calibration.uses_flow:  # weights without flow: only the smoothing is a choice
-        grid = [replace(calibration, smooth_sigma=s) for s in SIGMAS]
-    result: dict = {"folds": {}}
-    pooled_scores, pooled_truth = [], []
-    for chose_on, reported_on in (("01-06", "07-12"), ("07-12", "01-06")):
-        best = max(grid, key=lambda c: aucs(c, detections, labels, HALVES[chose_on])[0])
-        auc, raw = aucs(best, detections, labels, HALVES[reported_on])
-        result["folds"][f"chosen on {chose_on}, reported on {reported_on}"] = {
-            "flow_weight": best.flow_weight, "smooth_sigma": best.smooth_sigma, "frame_auc": auc, "frame_auc_raw": raw,
-        }  # fmt: skip
-        for i in HALVES[reported_on]:
-            pooled_scores.append(minmax(best.calibrated(detections[i].psnr, detections[i].speed)))
-            pooled_truth.append(labels[i])
-    folds = list(result["folds"].values())
-    result["mean_of_folds"] = float(np.mean([f["frame_auc"] for f in folds]))
-    result["mean_of_folds_raw"] = float(np.mean([f["frame_auc_raw"] for f in folds]))
-    result["all_12_each_half_at_the_other_halfs_choice"] = roc_auc(
-        np.concatenate(pooled_truth), np.concatenate(pooled_scores)
-    )
-    return result
+    return held_out(knob_grid(calibration), lambda c: scores_of(c, detections), labels, knobs)
 
 
 def main() -> None:
@@ -132,7 +108,7 @@ def main() -> None:
             for name, w in (("autoencoder", 0.0), ("flow", 1.0))
         }
         coverage = gate_coverage(detections, labels)
-        protocol = held_out(calibration, detections, labels)
+        protocol = held_out_knobs(calibration, detections, labels)
         results["strides"][stride] = {
             "held_out": protocol,
             "defaults": defaults,
