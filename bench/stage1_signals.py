@@ -9,6 +9,9 @@ its knobs (the flow's share, the smoothing, a candidate's share and level) are c
 reported on 07-12, then the other way round (bench/protocol.py). Candidates:
 
 * ``baseline``: the weights' own mix of autoencoder and flow (what bench/stage1.py reports);
+* ``flow sustained over K frames``: each cell's speed as far as it was kept up over the last K frames
+  (motion.SustainedSpeed; K = 1 is the instantaneous flow), K chosen per half with the other knobs; the
+  perspective profile and the flow's scale are refitted to the normal training videos at each K;
 * ``flow per cell``: each flow cell standardised by its own mean and spread on the normal training videos,
   instead of one perspective divisor per cell row;
 * ``autoencoder per region``: each region's error standardised by its own mean and spread on the normal
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from protocol import held_out, knob_grid, knobs
 
 from callm.ae.calibrate import Calibration, smooth_curve
-from callm.ae.motion import SPEED_EPS
+from callm.ae.motion import SPEED_EPS, SpeedProfile, SustainedSpeed, cell_side, row_tops, speed_signal
 from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.console import make_progress
@@ -48,6 +51,7 @@ from callm.video import Video, testing_videos
 REPO = Path(__file__).resolve().parent.parent
 SHARES = (0.0, 0.15, 0.3, 0.5)  # of a candidate mixed into the baseline
 MASS_LEVELS = (1.0, 1.15, 1.3, 1.45)  # multiples of the typical normal speed a cell must exceed
+SUSTAINS = (1, 3, 5, 8, 12)  # frames (Ped2: 10 fps)
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Captured:
     psnr: np.ndarray  # (n,)
     speed: np.ndarray  # (n,) the flow signal
     errors: np.ndarray  # (n, ry, rx) log mean squared error of each region (the regions frame_mse ranks)
-    cells: np.ndarray  # (n, cy, cx) mean flow speed per cell
+    cells: np.ndarray  # (n, cy, cx) mean flow speed per cell, instantaneous
 
 
 def capture(stage1: Stage1, path: Path) -> Captured:
@@ -83,6 +87,12 @@ def capture(stage1: Stage1, path: Path) -> Captured:
     taken = [int(scores.regions[i][0, 4]) for i in range(len(scores.psnr))]
     assert scores.speed is not None
     return Captured(scores.psnr, scores.speed, np.stack(errors)[taken], np.stack(cells)[taken])
+
+
+def sustained_tops(cells: np.ndarray, frames: int, step: int, cell: int) -> np.ndarray:
+    """Row tops (n, rows, k) of a video's cells sustained over ``frames`` frames."""
+    sustained = SustainedSpeed(frames, step, cell)
+    return np.stack([row_tops(sustained(c)) for c in cells])
 
 
 def standardiser(normal: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
@@ -161,6 +171,16 @@ def main() -> None:
         w = setting.flow_weight
         return [smooth_curve((1 - w) * a + w * f, setting.smooth_sigma) for a, f in zip(ae, flow, strict=True)]
 
+    side = cell_side(weights.config.height)
+    sustained_z: dict[int, list[np.ndarray]] = {}
+    for frames in SUSTAINS:
+        tops = {p: sustained_tops(c.cells, frames, calibration.motion_step, side) for p, c in captured.items()}
+        profile_k = SpeedProfile.fit([tops[p] for p in normals])
+        signal = {p: speed_signal(t, profile_k, calibration.speed_top_k) for p, t in tops.items()}
+        std = standardiser([signal[p] for p in normals])
+        sustained_z[frames] = [std(signal[p]) for p in tests]
+    sustain_grid = list(itertools.product(base_grid, SUSTAINS))
+
     cell_log = [np.log(c.cells + SPEED_EPS) for c in test]
     flow_cells = per_location([np.log(c.cells + SPEED_EPS) for c in normal], calibration.speed_top_k)
     flow_std = standardiser([flow_cells(np.log(c.cells + SPEED_EPS)) for c in normal])
@@ -187,6 +207,12 @@ def main() -> None:
 
     candidates = {
         "baseline": held_out(base_grid, lambda s: mixed(ae_z, flow_z, s), labels, knobs),
+        "flow sustained over K frames": held_out(
+            sustain_grid,
+            lambda s: mixed(ae_z, sustained_z[s[1]], s[0]),
+            labels,
+            lambda s: {**knobs(s[0]), "sustain_frames": s[1]},
+        ),
         "flow per cell": held_out(base_grid, lambda s: mixed(ae_z, flow_cell_z, s), labels, knobs),
         "autoencoder per region": held_out(base_grid, lambda s: mixed(ae_region_z, flow_z, s), labels, knobs),
         "moving-object mass": held_out(

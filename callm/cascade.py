@@ -76,6 +76,7 @@ class Stage1:
             stride=self.options.stride or calibration.stride,
             batch_size=batch_size,
             motion_step=calibration.motion_step,
+            sustain=calibration.sustain_frames,
             flow=calibration.speed_of if calibration.uses_flow else "off",
             regions=RegionFinder(calibration),
         )
@@ -127,6 +128,7 @@ class Stage1:
                 "smooth_sigma": self.calibration.smooth_sigma,
                 "flow_weight": self.calibration.flow_weight,
                 "motion_step": self.calibration.motion_step,
+                "sustain_frames": self.calibration.sustain_frames,
             },
         )
 

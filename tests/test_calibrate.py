@@ -18,7 +18,7 @@ from callm.ae.calibrate import (
     tail_threshold,
     window_maxima,
 )
-from callm.ae.motion import SPEED_EPS, TOP_PER_ROW, SpeedProfile, speed_signal
+from callm.ae.motion import SPEED_EPS, TOP_PER_ROW, FlowTiming, SpeedProfile, speed_signal
 from callm.ae.score import ErrorMeasure
 from callm.errors import CallmError
 
@@ -40,8 +40,8 @@ def fitted(quantile: float = 0.9, sigma: float = 0.0, flow: bool = True) -> tupl
     ]
     if not flow:
         normal = [NormalFootage(f.name, f.psnr, None) for f in normal]
-    settings = replace(SETTINGS, quantile=quantile, smooth_sigma=sigma)
-    return calibrate(normal, ErrorMeasure("motion", 8, 4), settings, 1, "test"), normal
+    settings = replace(SETTINGS, quantile=quantile, smooth_sigma=sigma, sustain_seconds=0.5)
+    return calibrate(normal, ErrorMeasure("motion", 8, 4), settings, FlowTiming(1, 5), "test"), normal
 
 
 def test_signal_centres_and_spreads_are_medians_and_mads() -> None:
@@ -55,7 +55,8 @@ def test_signal_centres_and_spreads_are_medians_and_mads() -> None:
     assert cal.holdout_videos == ("a.avi", "b.avi")
     assert (cal.error, cal.patch, cal.top_k, cal.quantile, cal.flow_weight) == ("motion", 8, 4, 0.9, 0.5)
     assert cal.measure == ErrorMeasure("motion", 8, 4)
-    assert cal.stride == 8 and cal.version == 2
+    assert cal.stride == 8 and cal.version == 3
+    assert (cal.sustain_seconds, cal.sustain_frames) == (0.5, 5)
     # The mix of normal footage is standardised again: median 0, spread 1.
     mixed = np.concatenate([cal.calibrated(f.psnr, speed_signal(f.speed_rows, cal.profile, 2)) for f in normal])
     assert np.median(mixed) == pytest.approx(0.0, abs=1e-9)
@@ -95,6 +96,15 @@ def test_version_1_weights_score_as_they_always_did() -> None:
     assert np.allclose(cal.calibrated(psnr), (26.04 - smooth_curve(psnr, 7.0)) / 0.31)
 
 
+def test_version_2_weights_keep_the_instantaneous_flow() -> None:
+    """An ``ae.json`` from before sustained speeds loads with speeds counted frame by frame, as it was scored."""
+    cal, _ = fitted()
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("sustain_seconds", "sustain_frames")}
+    loaded = Calibration.from_dict({**old, "version": 2})
+    assert (loaded.sustain_seconds, loaded.sustain_frames) == (0.0, 1)
+    assert loaded.threshold == cal.threshold and loaded.speed_profile == cal.speed_profile
+
+
 def test_threshold_inside_the_bulk_is_the_empirical_quantile_of_window_maxima() -> None:
     cal, normal = fitted(0.5)
     maxima = np.concatenate(
@@ -118,7 +128,9 @@ def test_threshold_keeps_its_promise_on_fresh_normal_footage() -> None:
     rng = np.random.default_rng(1)
     normal = [footage(f"v{i}", 30 + rng.normal(size=160)) for i in range(40)]
     settings = replace(SETTINGS, quantile=0.99, flow_weight=0.0)
-    cal = calibrate([NormalFootage(f.name, f.psnr, None) for f in normal], ErrorMeasure(), settings, 1, "test")
+    cal = calibrate(
+        [NormalFootage(f.name, f.psnr, None) for f in normal], ErrorMeasure(), settings, FlowTiming(), "test"
+    )
     fresh = window_maxima(cal.calibrated(30 + rng.normal(size=20000 * 16)))
     rate = float(np.mean(fresh > cal.threshold))
     assert 0.001 < rate < 0.02, rate
@@ -142,21 +154,21 @@ def test_correlated_windows_count_for_less() -> None:
 
 def test_too_little_footage_is_refused_and_little_is_flagged() -> None:
     with pytest.raises(CallmError, match="too little normal footage to set a threshold"):
-        calibrate([footage("short", np.full(40, 30.0))], ErrorMeasure(), SETTINGS, 1, "test")
+        calibrate([footage("short", np.full(40, 30.0))], ErrorMeasure(), SETTINGS, FlowTiming(), "test")
     cal, _ = fitted()
     assert cal.evidence["enough"] is False  # 23 windows: a threshold, but a provisional one
 
 
 def test_constant_footage_has_a_floor_on_the_spread() -> None:
     flat = [footage(f"flat{i}", np.full(64, 25.0)) for i in range(3)]
-    cal = calibrate(flat, ErrorMeasure("frame", 0), SETTINGS, 1, "test")
+    cal = calibrate(flat, ErrorMeasure("frame", 0), SETTINGS, FlowTiming(), "test")
     assert cal.psnr_scale == pytest.approx(1e-3)
     assert np.isfinite(cal.calibrated(np.array([20.0]), np.array([0.0]))).all()
 
 
 def test_calibration_needs_normal_footage() -> None:
     with pytest.raises(CallmError, match="normal footage the model did not train on"):
-        calibrate([], ErrorMeasure(), SETTINGS, 1, "test")
+        calibrate([], ErrorMeasure(), SETTINGS, FlowTiming(), "test")
 
 
 def test_calibration_dict_round_trip_and_missing_fields() -> None:

@@ -60,6 +60,8 @@ def test_train_ae_saves_calibrated_weights(trained, train_dir: Path) -> None:
     videos = [str(train_dir / f"normal{i}.avi") for i in range(4)]
     assert meta["training"]["trained_on"] == videos and sorted(meta["calibration"]["holdout_videos"]) == videos
     assert meta["calibration"]["evidence"]["windows"] == 16
+    # Speeds count as far as they are kept up: the default 0.5 s at the footage's 10 fps.
+    assert (meta["calibration"]["sustain_seconds"], meta["calibration"]["sustain_frames"]) == (0.5, 5)
     assert (out / TENSORS_FILE).is_file()
 
 
@@ -354,12 +356,13 @@ def test_calibrate_on_little_footage_says_so(
 ) -> None:
     """A minute of footage gives a threshold, flagged provisional in ae.json and on stderr; a few seconds none."""
     out = tmp_path / "site"
-    result = runner.invoke(app, ["calibrate", str(clip_dir / "normal.avi"), "-w", str(weights_dir), "--out", str(out),
+    minute = write_video(tmp_path / "minute.avi", make_frames(160, seed=5))
+    result = runner.invoke(app, ["calibrate", str(minute), "-w", str(weights_dir), "--out", str(out),
                                  "--stride", "16", *DETECT_ARGS])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "rests on little normal footage and is provisional" in result.stderr
     evidence = json.loads((out / META_FILE).read_text())["calibration"]["evidence"]
-    assert evidence["enough"] is False and evidence["windows"] == 4
+    assert evidence["enough"] is False and evidence["windows"] == 10
     short = write_video(tmp_path / "short.avi", make_frames(20, seed=3))
     result = runner.invoke(app, ["calibrate", str(short), "-w", str(weights_dir), "--out", str(tmp_path / "x"),
                                  *DETECT_ARGS])  # fmt: skip

@@ -1,11 +1,20 @@
-"""Optical flow per frame: the row tops, the motion step, and the ends of a stream."""
+"""Optical flow per frame: the row tops, the motion step, sustained speeds, and the ends of a stream."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from callm.ae.motion import TOP_PER_ROW, cell_side, motion_step, row_tops, speed_cells, with_speed_cells
+from callm.ae.motion import (
+    TOP_PER_ROW,
+    FlowTiming,
+    SustainedSpeed,
+    cell_side,
+    motion_step,
+    row_tops,
+    speed_cells,
+    with_speed_cells,
+)
 
 
 def moving_block(frames: int, speed: int, size: tuple[int, int] = (64, 96)) -> list[np.ndarray]:
@@ -64,3 +73,51 @@ def test_frames_too_small_or_too_few_for_flow_read_as_still() -> None:
     one = [np.zeros((32, 32), np.uint8)]
     ((frame, cells),) = list(with_speed_cells(one))
     assert frame is one[0] and not cells.any()
+
+
+def sustained_over(cells: list[np.ndarray], frames: int, step: int = 1, cell: int = 4) -> list[np.ndarray]:
+    sustained = SustainedSpeed(frames, step, cell)
+    return [sustained(c) for c in cells]
+
+
+def test_a_one_frame_flick_does_not_count_as_sustained_speed() -> None:
+    still = np.zeros((6, 8), np.float32)
+    flick = still.copy()
+    flick[2, 3] = 5.0  # a limb or a flow glitch: fast for one frame only
+    out = sustained_over([still, still, still, flick, still], frames=3)
+    assert out[3].max() == 0.0  # the frames before had nothing near it
+    assert np.array_equal(sustained_over([still, flick], frames=1)[1], flick)  # 1 frame: instantaneous
+
+
+def test_a_slow_steady_object_keeps_its_speed_while_it_moves() -> None:
+    frames = []
+    for t in range(8):  # 1.5 px/frame in 4 px cells: a cell every few frames, at a steady speed
+        cells = np.zeros((6, 12), np.float32)
+        cells[2, 1 + (3 * t) // 8] = 1.5
+        frames.append(cells)
+    out = sustained_over(frames, frames=5)
+    assert out[-1].max() == pytest.approx(1.5)
+    assert np.argmax(out[-1]) == np.argmax(frames[-1])  # where the object is now, not where it was
+
+
+def test_a_fast_object_is_followed_not_lost() -> None:
+    frames = []
+    for t in range(6):  # 12 px/frame: 3 cells a frame, far beyond one cell of slack
+        cells = np.zeros((4, 24), np.float32)
+        cells[1, 2 + 3 * t] = 12.0
+        frames.append(cells)
+    out = sustained_over(frames, frames=5)
+    assert out[-1].max() == pytest.approx(12.0)
+
+
+def test_the_sustained_speed_never_exceeds_the_speed_now() -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.random((6, 8)).astype(np.float32) * 3 for _ in range(10)]
+    for now, out in zip(frames, sustained_over(frames, frames=4), strict=True):
+        assert (out <= now + 1e-6).all()
+
+
+def test_flow_timing_follows_the_frame_rate() -> None:
+    assert FlowTiming.for_fps(10.0, 0.5) == FlowTiming(1, 5)
+    assert FlowTiming.for_fps(30.0, 0.5) == FlowTiming(3, 15)
+    assert FlowTiming.for_fps(25.0, 0.0) == FlowTiming(2, 1)  # 0 s: instantaneous

@@ -179,10 +179,10 @@ def test_one_long_video_is_cut_in_time() -> None:
 
 
 def test_one_long_video_trains_and_calibrates(tmp_path: Path) -> None:
-    video = write_frame_folder(tmp_path / "long", make_frames(80, size=(32, 32)))
+    video = write_frame_folder(tmp_path / "long", make_frames(160, size=(32, 32)))
     weights = run(video, tmp_path / "w", with_steps(4))
-    assert weights.calibration["holdout_videos"] == [f"{video}[0:40]", f"{video}[40:80]"]
-    assert weights.calibration["holdout_frames"] == 80
+    assert weights.calibration["holdout_videos"] == [f"{video}[0:80]", f"{video}[80:160]"]
+    assert weights.calibration["holdout_frames"] == 160
 
 
 def test_one_short_video_leaves_nothing_to_calibrate(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_flow_weights_score_both_signals(weights_dir: Path, clip_dir: Path) -> N
 
     weights = load(weights_dir)
     calibration = Calibration.from_dict(weights.calibration)
-    assert calibration.uses_flow and calibration.version == 2
+    assert calibration.uses_flow and calibration.version == 3
     detection = Stage1(weights, DetectOptions(), torch.device("cpu"), torch.float32).detect(clip_dir / "intruder.avi")
     assert detection.speed is not None and len(detection.speed) == detection.num_frames
     assert np.allclose(detection.scores, calibration.calibrated(detection.psnr, detection.speed))
@@ -176,3 +176,25 @@ def test_flow_weights_score_both_signals(weights_dir: Path, clip_dir: Path) -> N
     # The racing intruder is the fastest thing in the clip: its frames have the highest flow signal.
     intruder = slice(24, 44)
     assert detection.speed[intruder].mean() > detection.speed[:20].max()
+
+
+def test_detect_counts_speeds_as_far_as_the_calibration_says(weights_dir: Path, clip_dir: Path) -> None:
+    from dataclasses import replace
+
+    from callm.ae.calibrate import Calibration
+    from callm.cascade import DetectOptions, Stage1
+
+    weights = load(weights_dir)
+    calibration = Calibration.from_dict(weights.calibration)
+    assert calibration.sustain_frames == 5
+    instantaneous = replace(weights, calibration=replace(calibration, sustain_frames=1).to_dict())
+    found = {
+        name: Stage1(w, DetectOptions(), torch.device("cpu"), torch.float32).detect(clip_dir / "intruder.avi")
+        for name, w in (("sustained", weights), ("instantaneous", instantaneous))
+    }
+    sustained, now = found["sustained"].speed, found["instantaneous"].speed
+    assert found["sustained"].to_dict()["settings"]["sustain_frames"] == 5
+    # Kept-up speed never exceeds the speed now, and is lower somewhere (a flick, the intruder's first frames).
+    assert (sustained <= now + 1e-9).all() and (sustained < now - 1e-6).any()
+    # The intruder races through for 20 frames: it keeps its speed, so it still stands out.
+    assert sustained[24:44].mean() > sustained[:20].max()

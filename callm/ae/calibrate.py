@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from callm.ae.motion import SpeedProfile, speed_signal
+from callm.ae.motion import SUSTAIN_SECONDS, FlowTiming, SpeedProfile, speed_signal
 from callm.ae.score import ErrorMeasure
 from callm.errors import CallmError
 from callm.video import WINDOW, window_starts
 
-VERSION = 2
+VERSION = 3
 TAIL_SHARE = 0.2  # the exponential tail is fitted to the highest fifth of the normal windows
 # Effectively independent normal windows below which a threshold is refused, and below which it is only provisional.
 MIN_WINDOWS, ENOUGH_WINDOWS = 4, 100
@@ -74,7 +74,8 @@ _NUMBERS = {
     "psnr_center": "finite", "psnr_scale": "positive", "threshold": "finite", "quantile": "share",
     "holdout_frames": "count", "flow_weight": "share", "speed_top_k": "positive count",
     "motion_step": "positive count", "speed_center": "finite", "speed_scale": "positive", "score_center": "finite",
-    "score_scale": "positive", "version": "positive count", "region_share": "share", "region_tighten": "share",
+    "score_scale": "positive", "version": "positive count", "sustain_seconds": "non-negative",
+    "sustain_frames": "positive count", "region_share": "share", "region_tighten": "share",
 }  # fmt: skip
 
 
@@ -114,6 +115,9 @@ class Calibration:
     speed_profile: tuple[float, ...] = ()  # per cell row, see motion.SpeedProfile
     speed_top_k: int = 4  # fastest cells averaged per frame
     motion_step: int = 1  # frames between the two images of a flow (about 0.1 s)
+    # Version 3: speeds count as far as they are kept up (motion.SustainedSpeed); older files are instantaneous.
+    sustain_seconds: float = 0.0
+    sustain_frames: int = 1  # sustain_seconds at the calibration footage's fps
     speed_center: float = 0.0
     speed_scale: float = 1.0
     score_center: float = 0.0  # the smoothed mix standardised once more, so the threshold reads in spreads
@@ -203,6 +207,7 @@ class ScoringSettings:
     flow_weight: float = 0.5
     speed_top_k: int = 4
     smooth_sigma: float = 2.0  # frames; 0.2 s at Ped2's 10 fps
+    sustain_seconds: float = SUSTAIN_SECONDS  # how long a speed must be kept up to count fully
     stride: int = 8
     quantile: float = 0.99  # of normal windows below the threshold
 
@@ -258,7 +263,7 @@ def calibrate(
     footage: Sequence[NormalFootage],
     measure: ErrorMeasure,
     settings: ScoringSettings,
-    motion_step: int,
+    timing: FlowTiming,
     method: str,
 ) -> Calibration:
     """Fit the signal scales, the perspective profile and the window threshold to out-of-sample normal footage.
@@ -282,7 +287,8 @@ def calibrate(
         stride=settings.stride, psnr_center=psnr_center, psnr_scale=psnr_scale, threshold=math.inf,
         quantile=settings.quantile, holdout_frames=int(psnr.size), holdout_videos=tuple(f.name for f in footage),
         flow_weight=flow_weight, speed_profile=profile.per_row, speed_top_k=settings.speed_top_k,
-        motion_step=motion_step, speed_center=speed_center, speed_scale=speed_scale, version=VERSION,
+        motion_step=timing.step, sustain_seconds=settings.sustain_seconds, sustain_frames=timing.sustain,
+        speed_center=speed_center, speed_scale=speed_scale, version=VERSION,
     )  # fmt: skip
     smoothed = [
         smooth_curve(partial.mixed(f.psnr, s), settings.smooth_sigma) for f, s in zip(footage, speeds, strict=True)

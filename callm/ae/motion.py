@@ -24,6 +24,7 @@ TOP_PER_ROW = 4
 CELLS_PER_HEIGHT = 20  # a cell is 1/20 of the frame height: about one walker's width at Ped2's scale
 MIN_FLOW_SIDE = 12  # DIS needs a frame at least this wide or high
 SPEED_EPS = 0.02  # px/frame added before the log, so still frames do not dominate the scale
+SUSTAIN_SECONDS = 0.5  # default: how long a speed must be kept up to count fully (see SustainedSpeed)
 
 
 def cell_side(height: int) -> int:
@@ -56,6 +57,53 @@ def row_tops(cells: np.ndarray) -> np.ndarray:
 def motion_step(fps: float) -> int:
     """Frames between the two images of a flow: about 0.1 s, so speeds read the same at 10 and 30 fps."""
     return max(1, round(fps / 10.0))
+
+
+@dataclass(frozen=True)
+class FlowTiming:
+    """The flow's two durations in frames of the footage: ``step`` frames between a flow's two images (about
+    0.1 s) and ``sustain`` frames a speed is kept up for to count (see SustainedSpeed; 1 = instantaneous)."""
+
+    step: int = 1
+    sustain: int = 1
+
+    @classmethod
+    def for_fps(cls, fps: float, sustain_seconds: float) -> FlowTiming:
+        return cls(motion_step(fps), max(1, round(sustain_seconds * fps)))
+
+
+class SustainedSpeed:
+    """Each cell's speed as far as it was kept up over the last ``frames`` frames.
+
+    A walker's limbs flick fast for a frame and a flow glitch lasts one; a bike, a cart or a skater keeps its
+    speed, even at walking pace. A cell's sustained speed is the lowest, over the last frames, of the fastest
+    cell within reach of it: where something moving at the cell's current speed could have been ``j`` frames
+    earlier, plus one cell of slack. Fast things have a long reach, so they are followed, not lost. Fed the
+    cells of consecutive frames of one stream; with ``frames`` 1 it returns them as they are.
+    """
+
+    def __init__(self, frames: int, step: int, cell: int) -> None:
+        self.frames = frames
+        self.cells_per_px = 1.0 / (step * cell)  # a speed is in px per ``step`` frames; reach is in cells per frame
+        self.history: deque[np.ndarray] = deque(maxlen=frames - 1)  # the frames before, latest first
+
+    def __call__(self, cells: np.ndarray) -> np.ndarray:
+        if self.frames <= 1:
+            return cells
+        sustained = cells.astype(np.float32, copy=True)
+        per_frame = cells * self.cells_per_px
+        longest = max(cells.shape)
+        for lag, past in enumerate(self.history, start=1):
+            reach = np.minimum(np.ceil(lag * per_frame).astype(np.int64) + 1, longest)
+            nearby = np.empty_like(sustained)
+            for radius in np.unique(reach):
+                side = 2 * int(radius) + 1
+                fastest = cv2.dilate(past, np.ones((side, side), np.uint8))
+                here = reach == radius
+                nearby[here] = fastest[here]
+            np.minimum(sustained, nearby, out=sustained)
+        self.history.appendleft(cells.astype(np.float32))
+        return sustained
 
 
 def with_speed_cells(frames: Iterable[np.ndarray], step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:

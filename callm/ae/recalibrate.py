@@ -16,7 +16,7 @@ import torch
 from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration, NormalFootage, ScoringSettings, calibrate
-from callm.ae.motion import motion_step
+from callm.ae.motion import FlowTiming
 from callm.ae.score import FrameScorer
 from callm.ae.weights import AEWeights
 from callm.console import FrameBar
@@ -35,10 +35,10 @@ def recalibrate(
     scored as ``settings`` say (``scoring_of`` gives the weights' own)."""
     measure = settings.measure(weights.config.height)
     uses_flow = settings.flow_weight > 0
-    step = motion_step(videos[0].info.fps)
+    timing = FlowTiming.for_fps(videos[0].info.fps, settings.sustain_seconds)
     scorer = FrameScorer(
-        weights.model, measure, device, dtype, stride=settings.stride, motion_step=step,
-        flow="rows" if uses_flow else "off",
+        weights.model, measure, device, dtype, stride=settings.stride, motion_step=timing.step,
+        sustain=timing.sustain, flow="rows" if uses_flow else "off",
     )  # fmt: skip
     footage = []
     for video in videos:
@@ -48,7 +48,7 @@ def recalibrate(
         if bar is not None:
             bar.close()
         footage.append(NormalFootage(str(video.path), scores.psnr, scores.speed_rows))
-    calibration = calibrate(footage, measure, settings, step, method="scored by a model that never saw it")
+    calibration = calibrate(footage, measure, settings, timing, method="scored by a model that never saw it")
     return replace(weights, calibration=calibration.to_dict())
 
 
@@ -58,5 +58,5 @@ def scoring_of(weights: AEWeights) -> ScoringSettings:
     return ScoringSettings(
         error=current.error, patch_fraction=current.patch / weights.config.height, top_k=current.top_k,
         flow_weight=current.flow_weight, speed_top_k=current.speed_top_k, smooth_sigma=current.smooth_sigma,
-        stride=current.stride, quantile=current.quantile,
+        stride=current.stride, quantile=current.quantile, sustain_seconds=current.sustain_seconds,
     )  # fmt: skip

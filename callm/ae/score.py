@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from callm.ae.model import ConvAutoencoder3d
-from callm.ae.motion import row_tops, with_speed_cells
+from callm.ae.motion import SustainedSpeed, cell_side, row_tops, with_speed_cells
 from callm.device import autocast
 from callm.errors import CallmError
 from callm.video import WINDOW, Video, Window, batched_windows, iter_windows, prefetch
@@ -204,13 +204,15 @@ class FrameScorer:
         stride: int = 1,
         batch_size: int = 8,
         motion_step: int = 1,
+        sustain: int = 1,
         flow: FlowMode = "off",
         regions: RegionFinding | None = None,
     ) -> None:
         """``flow``: "off" computes no optical flow (weights without it); "rows" keeps every frame's row tops
         (for a calibration to fit its profile on); a function reduces each frame's row tops to its flow signal
-        as it goes, so a long video costs one number a frame. ``regions`` finds each frame's regions (the box of
-        a frame is then its worst region's)."""
+        as it goes, so a long video costs one number a frame; its speeds are those kept up over ``sustain`` frames
+        (see motion.SustainedSpeed). ``regions`` finds each frame's regions (the box of a frame is then its worst
+        region's) from the error and the instantaneous flow."""
         # Channels-last 3D lets oneDNN pick its fast Conv3d kernels: about 2x faster on CPU, same results.
         self.model = model.to(device, memory_format=torch.channels_last_3d).eval()
         self.measure = measure
@@ -219,6 +221,7 @@ class FrameScorer:
         self.stride = stride
         self.batch_size = batch_size
         self.motion_step = motion_step
+        self.sustain = sustain
         self.flow = flow
         self.regions = regions
         scored_range(stride)  # validate early
@@ -286,15 +289,18 @@ class FrameScorer:
         score it again: what a live camera is scored with. A frame comes out at most ``WINDOW + stride`` frames
         after it went in (with ``batch_size`` 1)."""
         found = _Found()
+        sustained = SustainedSpeed(self.sustain, self.motion_step, cell_side(self.size[0]))
 
         def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
             for index, (frame, cells) in enumerate(pairs):
                 if self.regions is not None:
                     found.cells[index] = cells  # read when the frame is scored, dropped after
-                if self.flow == "rows":
-                    found.rows[index] = row_tops(cells)
-                elif callable(self.flow):
-                    found.speeds[index] = self.flow(row_tops(cells))
+                if self.flow != "off":
+                    tops = row_tops(sustained(cells))
+                    if callable(self.flow):
+                        found.speeds[index] = self.flow(tops)
+                    else:
+                        found.rows[index] = tops
                 yield frame
 
         # Decoding and flow run ahead on their own thread, beside the model.

@@ -29,7 +29,7 @@ from rich.progress import Progress
 from callm.ae.budget import default_steps
 from callm.ae.calibrate import NormalFootage, ScoringSettings, calibrate
 from callm.ae.model import AEConfig, ConvAutoencoder3d
-from callm.ae.motion import motion_step
+from callm.ae.motion import FlowTiming
 from callm.ae.score import FrameScorer, to_model_range
 from callm.ae.weights import AEWeights
 from callm.ae.weights import save as save_weights
@@ -257,13 +257,15 @@ def cross_fit_parts(names: Sequence[str], arrays: Sequence[np.ndarray], folds: i
 
 
 def score_footage(
-    model: ConvAutoencoder3d, parts: Sequence[Part], scoring: ScoringSettings, step: int,
+    model: ConvAutoencoder3d, parts: Sequence[Part], scoring: ScoringSettings, timing: FlowTiming,
     device: torch.device, dtype: torch.dtype,
 ) -> list[NormalFootage]:  # fmt: skip
     """The signals calibration needs, of footage ``model`` did not train on."""
     measure = scoring.measure(model.config.height)
     flow = "rows" if scoring.flow_weight > 0 else "off"
-    scorer = FrameScorer(model, measure, device, dtype, stride=scoring.stride, motion_step=step, flow=flow)
+    scorer = FrameScorer(
+        model, measure, device, dtype, stride=scoring.stride, motion_step=timing.step, sustain=timing.sustain, flow=flow
+    )
     footage = []
     for part in parts:
         scores = scorer.score_frames(iter(part.frames), part.frames.shape[1:], part.name)
@@ -291,7 +293,7 @@ def train_ae(
     names = [str(s.path) for s in sources]
     groups = cross_fit_parts(names, arrays, settings.folds)
     all_frames = sum(len(a) for a in arrays)
-    step = motion_step(sources[0].info.fps)
+    timing = FlowTiming.for_fps(sources[0].info.fps, scoring.sustain_seconds)
     began = time.perf_counter()
     footage: list[NormalFootage] = []
     fold_steps: list[int] = []
@@ -306,9 +308,9 @@ def train_ae(
         )  # fmt: skip
         fold_steps.append(steps)
         fold_seconds.append(fold.seconds)
-        footage += score_footage(fold.model, held, scoring, step, device, dtype)
+        footage += score_footage(fold.model, held, scoring, timing, device, dtype)
     calibration = calibrate(
-        footage, scoring.measure(config.height), scoring, step,
+        footage, scoring.measure(config.height), scoring, timing,
         method=f"{len(groups)}-fold cross-fitting: each part scored by a model trained on the other parts",
     )  # fmt: skip
     steps = settings.steps_for(all_frames, all_frames)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from callm.ae.budget import BASE_FRAMES, BASE_STEPS
+from callm.ae.motion import SUSTAIN_SECONDS
 from callm.cli.common import (
     DeviceOpt,
     DtypeOpt,
@@ -119,6 +120,14 @@ def train_ae_command(
     flow_weight: Annotated[
         float, typer.Option(help="Share of the optical-flow speed signal in the score (0 = the autoencoder alone).")
     ] = 0.5,
+    sustain: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds a speed must be kept up to count fully (a limb's flick does not, a bike does; 0 = "
+            "instantaneous).",
+        ),
+    ] = SUSTAIN_SECONDS,
     error: Annotated[
         str, typer.Option(help="Autoencoder error: 'motion' (of frame differences) or 'frame' (pixels, the paper's).")
     ] = "motion",
@@ -164,6 +173,7 @@ def train_ae_command(
             error=error,
             patch_fraction=region,
             flow_weight=flow_weight,
+            sustain_seconds=sustain,
             smooth_sigma=smooth,
             stride=calibration_stride,
             quantile=quantile,
