@@ -10,8 +10,9 @@ reported on 07-12, then the other way round (bench/protocol.py). Candidates:
 
 * ``baseline``: the weights' own mix of autoencoder and flow (what bench/stage1.py reports);
 * ``flow sustained over K frames``: each cell's speed as far as it was kept up over the last K frames
-  (motion.SustainedSpeed; K = 1 is the instantaneous flow), K chosen per half with the other knobs; the
-  perspective profile and the flow's scale are refitted to the normal training videos at each K;
+  (motion.SustainedSpeed; K = 1 is the instantaneous flow), K chosen per half with the other knobs, and each K
+  fixed (its other knobs chosen per half); the perspective profile and the flow's scale are refitted to the
+  normal training videos at each K;
 * ``flow per cell``: each flow cell standardised by its own mean and spread on the normal training videos,
   instead of one perspective divisor per cell row;
 * ``autoencoder per region``: each region's error standardised by its own mean and spread on the normal
@@ -213,6 +214,12 @@ def main() -> None:
             labels,
             lambda s: {**knobs(s[0]), "sustain_frames": s[1]},
         ),
+        **{
+            f"flow sustained over {frames} frames (fixed)": held_out(
+                base_grid, lambda s, frames=frames: mixed(ae_z, sustained_z[frames], s), labels, knobs
+            )
+            for frames in SUSTAINS
+        },
         "flow per cell": held_out(base_grid, lambda s: mixed(ae_z, flow_cell_z, s), labels, knobs),
         "autoencoder per region": held_out(base_grid, lambda s: mixed(ae_region_z, flow_z, s), labels, knobs),
         "moving-object mass": held_out(
