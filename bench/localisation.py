@@ -14,13 +14,12 @@ their 07-12 numbers are held out. Also prints frames/s of the detect pass with r
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
+from protocol import ped2_arguments
 
 from callm.ae.calibrate import Calibration
 from callm.ae.weights import load
@@ -29,17 +28,13 @@ from callm.device import pick_device
 from callm.localisation import localisation
 from callm.video import testing_videos
 
-REPO = Path(__file__).resolve().parent.parent
 GRID = [(share, tighten) for share in (0.8, 0.85, 0.9) for tighten in (0.0, 0.1, 0.2, 0.3)]
 HALVES = {"01-06": range(6), "07-12": range(6, 12), "all 12": range(12)}
 SHOWN = ("detected_at_threshold", "pixel_auc", "mean_iou_flagged_abnormal", "median_area_ratio_flagged_abnormal")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser = ped2_arguments(__doc__)
     args = parser.parse_args()
     device = pick_device("auto")
     weights = load(args.weights, device)

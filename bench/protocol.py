@@ -8,9 +8,11 @@ the 12 videos pooled with each half at the other half's choice are held out.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -18,11 +20,21 @@ import numpy as np
 from callm.ae.calibrate import Calibration
 from callm.metrics import minmax, roc_auc
 
+REPO = Path(__file__).resolve().parent.parent
 HALVES = {"01-06": range(6), "07-12": range(6, 12)}
 # The scoring knobs not learned from normal footage: the flow's share in the mix and the temporal smoothing.
 FLOW_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 7.0)
 Setting = TypeVar("Setting")
+
+
+def ped2_arguments(doc: str) -> argparse.ArgumentParser:
+    """A bench's parser with the options every Ped2 bench takes: ``--weights``, ``--data``, ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    return parser
 
 
 def knob_grid(calibration: Calibration) -> list[Calibration]:

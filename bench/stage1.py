@@ -22,15 +22,13 @@ convention), and the calibrated scores pooled as they are ("raw", what a deploym
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
-from protocol import HALVES, held_out, knob_grid, knobs, pooled_auc
+from protocol import HALVES, held_out, knob_grid, knobs, ped2_arguments, pooled_auc
 
 from callm.ae.calibrate import Calibration
 from callm.ae.weights import load
@@ -40,8 +38,6 @@ from callm.evaluate import gate_coverage
 from callm.metrics import read_frame_labels
 from callm.results import Detection
 from callm.video import testing_videos
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def scores_of(calibration: Calibration, detections: list[Detection]) -> list[np.ndarray]:
@@ -61,13 +57,10 @@ def held_out_knobs(calibration: Calibration, detections: list[Detection], labels
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
+    parser = ped2_arguments(__doc__)
     parser.add_argument("--stride", type=int, action="append", help="repeatable; default: the weights' own")
     parser.add_argument("--dtype", action="append", help="repeatable; default: fp32 and bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

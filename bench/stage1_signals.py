@@ -27,7 +27,6 @@ percentile, so a signal that is flat on most normal frames (no fast object at al
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from protocol import held_out, knob_grid, knobs
+from protocol import held_out, knob_grid, knobs, ped2_arguments
 
 from callm.ae.calibrate import Calibration, smooth_curve
 from callm.ae.motion import SPEED_EPS, SpeedProfile, SustainedSpeed, cell_side, row_tops, speed_signal
@@ -49,7 +48,6 @@ from callm.device import fastest_dtype, pick_device
 from callm.metrics import read_frame_labels
 from callm.video import Video, testing_videos
 
-REPO = Path(__file__).resolve().parent.parent
 SHARES = (0.0, 0.15, 0.3, 0.5)  # of a candidate mixed into the baseline
 MASS_LEVELS = (1.0, 1.15, 1.3, 1.45)  # multiples of the typical normal speed a cell must exceed
 SUSTAINS = (1, 3, 5, 8, 12)  # frames (Ped2: 10 fps)
@@ -140,10 +138,7 @@ def typical_speed(normal_cells: list[np.ndarray], profile: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=REPO / "weights" / "ped2")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser = ped2_arguments(__doc__)
     args = parser.parse_args()
     device = pick_device("auto")
     weights = load(args.weights, device)
