@@ -85,7 +85,10 @@ class SustainedSpeed:
     def __init__(self, frames: int, step: int, cell: int) -> None:
         self.frames = frames
         self.cells_per_px = 1.0 / (step * cell)  # a speed is in px per ``step`` frames; reach is in cells per frame
-        self.history: deque[np.ndarray] = deque(maxlen=frames - 1)  # the frames before, latest first
+        # The frames before, latest first, each as {radius: its cells' maximum within that radius}; 0 is the cells
+        # themselves. A frame is looked back at for several frames and mostly at the same radii, so each maximum
+        # is computed once.
+        self.history: deque[dict[int, np.ndarray]] = deque(maxlen=frames - 1)
 
     def __call__(self, cells: np.ndarray) -> np.ndarray:
         if self.frames <= 1:
@@ -96,13 +99,14 @@ class SustainedSpeed:
         for lag, past in enumerate(self.history, start=1):
             reach = np.minimum(np.ceil(lag * per_frame).astype(np.int64) + 1, longest)
             nearby = np.empty_like(sustained)
-            for radius in np.unique(reach):
-                side = 2 * int(radius) + 1
-                fastest = cv2.dilate(past, np.ones((side, side), np.uint8))
+            for radius in np.unique(reach).tolist():
+                if radius not in past:
+                    side = 2 * radius + 1
+                    past[radius] = cv2.dilate(past[0], np.ones((side, side), np.uint8))
                 here = reach == radius
-                nearby[here] = fastest[here]
+                nearby[here] = past[radius][here]
             np.minimum(sustained, nearby, out=sustained)
-        self.history.appendleft(cells.astype(np.float32))
+        self.history.appendleft({0: cells.astype(np.float32)})
         return sustained
 
 
