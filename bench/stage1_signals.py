@@ -46,7 +46,7 @@ from callm.cascade import DetectOptions, Stage1
 from callm.console import make_progress
 from callm.device import fastest_dtype, pick_device
 from callm.metrics import read_frame_labels
-from callm.video import Video, testing_videos
+from callm.video import Video, find_videos, testing_videos
 
 SHARES = (0.0, 0.15, 0.3, 0.5)  # of a candidate mixed into the baseline
 MASS_LEVELS = (1.0, 1.15, 1.3, 1.45)  # multiples of the typical normal speed a cell must exceed
@@ -147,7 +147,7 @@ def main() -> None:
     if not calibration.uses_flow:
         raise SystemExit("these weights score no optical flow; the candidates here build on it")
     tests = testing_videos(args.data)
-    normals = sorted(p for p in (args.data / "training" / "frames").iterdir() if p.is_dir())
+    normals = find_videos([args.data / "training" / "frames"])
     with make_progress() as progress:
         task = progress.add_task("scoring Ped2", total=len(tests) + len(normals))
         captured = {}
@@ -177,10 +177,10 @@ def main() -> None:
         sustained_z[frames] = [std(signal[p]) for p in tests]
     sustain_grid = list(itertools.product(base_grid, SUSTAINS))
 
-    cell_log = [np.log(c.cells + SPEED_EPS) for c in test]
-    flow_cells = per_location([np.log(c.cells + SPEED_EPS) for c in normal], calibration.speed_top_k)
-    flow_std = standardiser([flow_cells(np.log(c.cells + SPEED_EPS)) for c in normal])
-    flow_cell_z = [flow_std(flow_cells(g)) for g in cell_log]
+    normal_log = [np.log(c.cells + SPEED_EPS) for c in normal]
+    flow_cells = per_location(normal_log, calibration.speed_top_k)
+    flow_std = standardiser([flow_cells(g) for g in normal_log])
+    flow_cell_z = [flow_std(flow_cells(np.log(c.cells + SPEED_EPS))) for c in test]
     ae_regions = per_location([c.errors for c in normal], calibration.top_k)
     ae_std = standardiser([ae_regions(c.errors) for c in normal])
     ae_region_z = [ae_std(ae_regions(c.errors)) for c in test]
