@@ -85,6 +85,11 @@ class Stage1:
     def threshold(self) -> float:
         return self.calibration.threshold if self.options.threshold is None else self.options.threshold
 
+    @property
+    def hold(self) -> float:
+        """The score an event lasts above once the threshold found it (see calibrate.Calibration.event_hold)."""
+        return self.calibration.event_hold(self.threshold)
+
     def detect(self, path: str | Path, on_frames: FramesDone | None = None) -> Detection:
         """Score one video; ``on_frames(done, total)`` follows the decoding (total is None when unknown)."""
         began = time.perf_counter()
@@ -100,6 +105,7 @@ class Stage1:
             frames.boxes,
             min_frames=self.options.min_event_frames,
             max_gap=self.options.max_gap,
+            hold=self.hold,
         )
         if frames.regions is not None:
             events = [replace(e, tracks=link_tracks(frames.regions, e.start_frame, e.end_frame)) for e in events]
@@ -129,6 +135,7 @@ class Stage1:
                 "flow_weight": self.calibration.flow_weight,
                 "motion_step": self.calibration.motion_step,
                 "sustain_frames": self.calibration.sustain_frames,
+                "event_hold": self.hold,
             },
         )
 

@@ -55,7 +55,7 @@ def test_signal_centres_and_spreads_are_medians_and_mads() -> None:
     assert cal.holdout_videos == ("a.avi", "b.avi")
     assert (cal.error, cal.patch, cal.top_k, cal.quantile, cal.flow_weight) == ("motion", 8, 4, 0.9, 0.5)
     assert cal.measure == ErrorMeasure("motion", 8, 4)
-    assert cal.stride == 8 and cal.version == 3
+    assert cal.stride == 8 and cal.version == 4
     assert (cal.sustain_seconds, cal.sustain_frames) == (0.5, 5)
     # The mix of normal footage is standardised again: median 0, spread 1.
     mixed = np.concatenate([cal.calibrated(f.psnr, speed_signal(f.speed_rows, cal.profile, 2)) for f in normal])
@@ -103,6 +103,24 @@ def test_version_2_weights_keep_the_instantaneous_flow() -> None:
     loaded = Calibration.from_dict({**old, "version": 2})
     assert (loaded.sustain_seconds, loaded.sustain_frames) == (0.0, 1)
     assert loaded.threshold == cal.threshold and loaded.speed_profile == cal.speed_profile
+
+
+def test_hold_is_the_quantile_of_normal_frames_and_older_weights_have_none() -> None:
+    """Events last above the score a share ``hold_quantile`` of normal frames stay below; an ``ae.json`` from
+    before holds ends its events at the threshold, as it did."""
+    cal, normal = fitted(0.99)
+    scores = np.concatenate([cal.calibrated(f.psnr, speed_signal(f.speed_rows, cal.profile, 2)) for f in normal])
+    assert cal.hold_quantile == SETTINGS.hold_quantile > 0
+    assert cal.hold_score == pytest.approx(np.quantile(scores, cal.hold_quantile))
+    assert cal.hold_score < cal.threshold
+    quantiles = cal.evidence["frame_score_quantiles"]
+    assert quantiles["0.5"] == pytest.approx(0.0, abs=1e-3)
+    assert quantiles["0.97"] == pytest.approx(cal.hold_score, abs=1e-4)
+    assert cal.event_hold(cal.threshold) == cal.hold_score
+    # A threshold set by hand moves the hold with it: footage that needs one is not described by the calibration.
+    assert cal.event_hold(cal.threshold + 10) == pytest.approx(cal.hold_score + 10)
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("hold_quantile", "hold_score")}
+    assert Calibration.from_dict({**old, "version": 3}).event_hold(cal.threshold) == cal.threshold
 
 
 def test_threshold_inside_the_bulk_is_the_empirical_quantile_of_window_maxima() -> None:

@@ -132,3 +132,51 @@ def test_stream_scores_and_events_equal_detects_on_the_whole_video(weights_dir: 
     closed = [(e.start_frame, e.end_frame, e.peak_frame, e.peak_score) for c, e in changes if c == "close"]
     assert closed == [(e.start_frame, e.end_frame, e.peak_frame, e.peak_score) for e in expected]
     assert sum(c == "open" for c, _ in changes) == len(expected)
+
+
+def test_an_event_lasts_while_its_score_stays_above_the_hold() -> None:
+    # Raised (0.5) around a peak (2.0): the event reaches over the raised frames on both sides, not past them.
+    scores = scores_with(40, [(5, 30, 0.5), (12, 16, 2.0)])
+    (event,) = find_events(scores, 1.0, 10, boxes_for(40), hold=0.3)
+    assert (event.start_frame, event.end_frame, event.peak_frame) == (5, 29, 12)
+    (peak_only,) = find_events(scores, 1.0, 10, boxes_for(40))
+    assert (peak_only.start_frame, peak_only.end_frame) == (12, 15)
+    # A hold at or above the threshold changes nothing.
+    assert find_events(scores, 1.0, 10, boxes_for(40), hold=1.0) == [peak_only]
+
+
+def test_held_events_that_meet_merge_and_raised_frames_alone_make_no_event() -> None:
+    scores = scores_with(60, [(5, 50, 0.5), (10, 14, 2.0), (30, 34, 3.0), (52, 58, 0.9)])
+    (event,) = find_events(scores, 1.0, 10, boxes_for(60), min_frames=2, hold=0.3)
+    assert (event.start_frame, event.end_frame, event.peak_frame, event.peak_score) == (5, 49, 30, 3.0)
+    # 52-57 is raised but never above the threshold: no event; a run shorter than min_frames makes none either.
+    assert find_events(scores_with(30, [(0, 30, 0.9), (10, 11, 2.0)]), 1.0, 10, boxes_for(30), 2, hold=0.3) == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_stream_events_with_a_hold_equal_find_events(seed: int) -> None:
+    """Frame by frame, with a hold, the events (their frames, peaks and the frames their tracks cover) are those
+    find_events cuts from the whole series."""
+    from callm.ae.online import StreamEvents
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    scores = np.convolve(rng.normal(0, 1, n + 8), np.ones(9) / 3, mode="valid")  # runs, as smoothed scores have
+    threshold, hold = 1.2, float(rng.choice([-0.5, 0.2, 0.8, 1.2]))
+    min_frames, max_gap = int(rng.integers(1, 6)), int(rng.integers(0, 4))
+    expected = find_events(scores, threshold, 10, boxes_for(n), min_frames, max_gap, hold=hold)
+    stream = StreamEvents(threshold, 10, min_frames, max_gap, update_every=1000, hold=hold)
+    changes = []
+    for frame, score in enumerate(scores):
+        region = np.array([[frame, 0, frame + 4, 4, score]], np.float32)
+        changes += stream.push(frame, float(score), boxes_for(n)[frame].tolist(), region)
+    changes += stream.flush()
+    closed = [e for c, e in changes if c == "close"]
+    assert [(e.start_frame, e.end_frame, e.peak_frame, e.peak_score, e.box) for e in closed] == [
+        (e.start_frame, e.end_frame, e.peak_frame, e.peak_score, e.box) for e in expected
+    ]
+    assert sum(c == "open" for c, _ in changes) == len(expected)
+    for event in closed:  # every frame of the event has its region in the tracks
+        assert sorted(entry[0] for track in event.tracks for entry in track) == list(
+            range(event.start_frame, event.end_frame + 1)
+        )

@@ -167,7 +167,7 @@ def test_flow_weights_score_both_signals(weights_dir: Path, clip_dir: Path) -> N
 
     weights = load(weights_dir)
     calibration = Calibration.from_dict(weights.calibration)
-    assert calibration.uses_flow and calibration.version == 3
+    assert calibration.uses_flow and calibration.version == 4
     detection = Stage1(weights, DetectOptions(), torch.device("cpu"), torch.float32).detect(clip_dir / "intruder.avi")
     assert detection.speed is not None and len(detection.speed) == detection.num_frames
     assert np.allclose(detection.scores, calibration.calibrated(detection.psnr, detection.speed))

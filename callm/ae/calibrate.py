@@ -11,6 +11,10 @@ hundreds of times the evidence there is; and a far tail (one window in a hundred
 windows show directly, so an exponential tail is fitted to the highest fifth of them. ``evidence`` in
 ``ae.json`` says how many windows (and how many effectively independent ones) the threshold rests on, and the
 interval a bootstrap over videos gives it.
+
+An event is found where the score passes the threshold, and then lasts while the score stays *raised*: above
+``hold_score``, the level a share ``hold_quantile`` of normal frames stay below. An anomaly often passes the
+threshold only at its height (a slow cyclist while it crosses the busiest rows); stage 2 should see all of it.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ from typing import Any
 
 import numpy as np
 
+from callm.ae.events import HOLD_QUANTILE
 from callm.ae.motion import SUSTAIN_SECONDS, FlowTiming, SpeedProfile, speed_signal
 from callm.ae.score import ErrorMeasure
 from callm.errors import CallmError
 from callm.video import WINDOW, window_starts
 
-VERSION = 3
+VERSION = 4
 TAIL_SHARE = 0.2  # the exponential tail is fitted to the highest fifth of the normal windows
 # Effectively independent normal windows below which a threshold is refused, and below which it is only provisional.
 MIN_WINDOWS, ENOUGH_WINDOWS = 4, 100
 BOOTSTRAP_ROUNDS = 200
+# Quantiles of normal frames' scores kept in the evidence: what "raised" means on this footage, and the levels
+# an event hold can be compared at without scoring the footage again (bench/stage1.py).
+FRAME_QUANTILES = (0.5, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
 
 
 def smoothing_kernel(sigma: float) -> np.ndarray:
@@ -76,6 +84,7 @@ _NUMBERS = {
     "motion_step": "positive count", "speed_center": "finite", "speed_scale": "positive", "score_center": "finite",
     "score_scale": "positive", "version": "positive count", "sustain_seconds": "non-negative",
     "sustain_frames": "positive count", "region_share": "share", "region_tighten": "share",
+    "hold_quantile": "share", "hold_score": "finite",
 }  # fmt: skip
 
 
@@ -125,6 +134,10 @@ class Calibration:
     # The two region knobs (see ae.regions), chosen on Ped2 test videos 01-06 by IoU with the pixel masks.
     region_share: float = 0.8  # how far toward its worst cell a frame's region reaches
     region_tighten: float = 0.1  # a region's box shrunk to its pixels of at least this share of its worst error
+    # Version 4: events last while the score stays above hold_score, the hold_quantile of normal frames' scores;
+    # a quantile of 0 (older files) ends them at the threshold.
+    hold_quantile: float = 0.0
+    hold_score: float = 0.0
     evidence: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
@@ -135,6 +148,13 @@ class Calibration:
     @property
     def uses_flow(self) -> bool:
         return self.flow_weight > 0
+
+    def event_hold(self, threshold: float) -> float:
+        """The score an event at ``threshold`` lasts above: the calibrated hold, as far below a threshold set by
+        hand (``--threshold``) as it is below the calibrated one; the threshold itself where there is no hold."""
+        if self.hold_quantile <= 0 or self.hold_score >= self.threshold:
+            return threshold
+        return self.hold_score + (threshold - self.threshold)
 
     @property
     def profile(self) -> SpeedProfile:
@@ -210,6 +230,7 @@ class ScoringSettings:
     sustain_seconds: float = SUSTAIN_SECONDS  # how long a speed must be kept up to count fully
     stride: int = 8
     quantile: float = 0.99  # of normal windows below the threshold
+    hold_quantile: float = HOLD_QUANTILE  # of normal frames an event's score must stay above to last; 0 = none
 
     def measure(self, height: int) -> ErrorMeasure:
         patch = max(1, round(self.patch_fraction * height)) if self.patch_fraction > 0 else 0
@@ -294,6 +315,8 @@ def calibrate(
         smooth_curve(partial.mixed(f.psnr, s), settings.smooth_sigma) for f, s in zip(footage, speeds, strict=True)
     ]
     score_center, score_scale = robust_center_scale(np.concatenate(smoothed))
+    frame_scores = (np.concatenate(smoothed) - score_center) / score_scale
+    hold_score = float(np.quantile(frame_scores, settings.hold_quantile))
     per_video = [window_maxima((s - score_center) / score_scale) for s in smoothed]
     per_video = [m for m in per_video if m.size]
     if not per_video:
@@ -317,8 +340,12 @@ def calibrate(
         "tail": tail,
         "threshold_interval_90": _bootstrap_interval(per_video, settings.quantile),
         "normal_windows_above": int((maxima > threshold).sum()),
+        "frame_score_quantiles": {str(q): round(float(np.quantile(frame_scores, q)), 4) for q in FRAME_QUANTILES},
     }
-    return replace(partial, threshold=threshold, score_center=score_center, score_scale=score_scale, evidence=evidence)
+    return replace(
+        partial, threshold=threshold, score_center=score_center, score_scale=score_scale,
+        hold_quantile=settings.hold_quantile, hold_score=hold_score, evidence=evidence,
+    )  # fmt: skip
 
 
 def _bootstrap_interval(per_video: Sequence[np.ndarray], quantile: float) -> list[float] | None:

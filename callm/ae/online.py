@@ -66,48 +66,76 @@ class StreamScores:
 
 @dataclass
 class _Run:
-    """The frames of an event being found: from its first frame above the threshold to its last so far."""
+    """The frames of an event being found: from the first frame of the raised stretch its first frame above the
+    threshold lies in, to the last frame above the threshold or still raised after it."""
 
     start: int
+    core_start: int  # first frame above the threshold of the latest run of them (split by more than max_gap)
     last_above: int
+    end: int
     peak: int
     peak_score: float
     peak_box: list[int]
     regions: dict[int, np.ndarray] = field(default_factory=dict)
+    extending: bool = True  # every frame since last_above has been raised: the event still reaches on
     opened: bool = False
 
 
 class StreamEvents:
     """``find_events`` as the frames come: ``push`` each frame's final score, box and regions in order, get back
-    ``(change, event)`` pairs; an open event is reported again (``update``) every ``update_every`` frames."""
+    ``(change, event)`` pairs; an open event is reported again (``update``) every ``update_every`` frames.
 
-    def __init__(self, threshold: float, fps: float, min_frames: int, max_gap: int, update_every: int) -> None:
+    With ``hold`` (see find_events), an event opens at its first frame above the threshold but starts where the
+    raised stretch before it began (the frames' regions are kept meanwhile), and stays open while the scores
+    stay raised."""
+
+    def __init__(
+        self, threshold: float, fps: float, min_frames: int, max_gap: int, update_every: int,
+        hold: float | None = None,
+    ) -> None:  # fmt: skip
         self.threshold, self.fps = threshold, fps
+        self.hold = threshold if hold is None else min(hold, threshold)
         self.min_frames, self.max_gap, self.update_every = min_frames, max_gap, max(1, update_every)
         self.run: _Run | None = None
+        self.raised_since: int | None = None  # first frame of the current stretch of raised frames
+        self.raised_regions: dict[int, np.ndarray] = {}  # their regions, while no event is being found
 
     def push(
         self, frame: int, score: float, box: list[int], regions: np.ndarray | None
     ) -> list[tuple[EventChange, Event]]:
         out: list[tuple[EventChange, Event]] = []
+        above, raised = score > self.threshold, score > self.hold
+        self.raised_since = (frame if self.raised_since is None else self.raised_since) if raised else None
         run = self.run
-        if run is not None and frame - run.last_above > self.max_gap + 1:
-            out += self.flush()
-            run = None
-        above = score > self.threshold
+        if run is not None:
+            run.extending = run.extending and raised
+            if frame - run.last_above > self.max_gap + 1 and not run.extending:
+                out += self.flush()
+                if self.raised_since is not None:  # a raised stretch began after the event stopped reaching on
+                    self.raised_regions = {f: r for f, r in run.regions.items() if f >= self.raised_since}
+                run = None
         if run is None:
+            if not raised:
+                self.raised_regions.clear()
+            elif regions is not None:
+                _keep(self.raised_regions, frame, regions)
             if not above:
                 return out
-            run = self.run = _Run(frame, frame, frame, score, box)
-        if regions is not None:
-            run.regions[frame] = regions
-            if len(run.regions) > MAX_TRACK_FRAMES:  # an event lasting hours keeps its last stretch only
-                del run.regions[next(iter(run.regions))]
+            assert self.raised_since is not None  # a frame above the threshold is raised
+            run = self.run = _Run(self.raised_since, frame, frame, frame, frame, score, box)
+            run.regions, self.raised_regions = self.raised_regions, {}
+        elif regions is not None:
+            _keep(run.regions, frame, regions)
+        if run.extending:
+            run.end = frame
         if above:
-            run.last_above = frame
+            if frame - run.last_above > self.max_gap + 1:  # a new run above, reached by the raised stretch
+                run.core_start = frame
+            run.last_above = run.end = frame
+            run.extending = True
             if score > run.peak_score:
                 run.peak, run.peak_score, run.peak_box = frame, score, box
-            if not run.opened and frame - run.start + 1 >= self.min_frames:
+            if not run.opened and frame - run.core_start + 1 >= self.min_frames:
                 run.opened = True
                 out.append(("open", self.event(run)))
             elif run.opened and (frame - run.start) % self.update_every == 0:
@@ -123,15 +151,21 @@ class StreamEvents:
 
     def event(self, run: _Run, tracks: bool = False) -> Event:
         """The event as far as it is known; its tracks (linked over all its frames) when it closes."""
-        end = run.last_above
-        linked = link_tracks(run.regions, min(run.regions), end) if tracks and run.regions else []
+        linked = link_tracks(run.regions, min(run.regions), run.end) if tracks and run.regions else []
         return Event(
             start_frame=run.start,
-            end_frame=end,
+            end_frame=run.end,
             start_s=round(run.start / self.fps, 3),
-            end_s=round((end + 1) / self.fps, 3),
+            end_s=round((run.end + 1) / self.fps, 3),
             peak_frame=run.peak,
             peak_score=run.peak_score,
             box=list(run.peak_box),
             tracks=linked,
         )
+
+
+def _keep(regions: dict[int, np.ndarray], frame: int, found: np.ndarray) -> None:
+    """Add a frame's regions; an event lasting hours keeps its last stretch only (memory stays bounded)."""
+    regions[frame] = found
+    if len(regions) > MAX_TRACK_FRAMES:
+        del regions[next(iter(regions))]

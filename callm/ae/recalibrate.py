@@ -59,4 +59,5 @@ def scoring_of(weights: AEWeights) -> ScoringSettings:
         error=current.error, patch_fraction=current.patch / weights.config.height, top_k=current.top_k,
         flow_weight=current.flow_weight, speed_top_k=current.speed_top_k, smooth_sigma=current.smooth_sigma,
         stride=current.stride, quantile=current.quantile, sustain_seconds=current.sustain_seconds,
+        hold_quantile=current.hold_quantile,
     )  # fmt: skip

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from callm.ae.budget import BASE_FRAMES, BASE_STEPS
+from callm.ae.events import HOLD_QUANTILE
 from callm.ae.motion import SUSTAIN_SECONDS
 from callm.cli.common import (
     DeviceOpt,
@@ -76,6 +77,12 @@ def _evidence_note(calibration: dict[str, Any]) -> str:
     return note
 
 
+HOLD_HELP = (
+    "An event lasts while its score stays above this share of normal frames' scores, so stage 2 sees all of it, "
+    "not only its peak (0 = it ends at the threshold)."
+)
+
+
 def _checked(settings: ScoringSettings) -> ScoringSettings:
     """Scoring settings from the command line, refused in one line before any work when they make no sense."""
     from callm.ae.score import ERROR_KINDS
@@ -84,12 +91,12 @@ def _checked(settings: ScoringSettings) -> ScoringSettings:
     if settings.error not in ERROR_KINDS:
         raise CallmError(f"--error must be one of {', '.join(ERROR_KINDS)}, got {settings.error!r}")
     numbers = (("--smooth", settings.smooth_sigma), ("--flow-weight", settings.flow_weight),
-               ("--region", settings.patch_fraction))  # fmt: skip
+               ("--region", settings.patch_fraction), ("--hold", settings.hold_quantile))  # fmt: skip
     for name, value in numbers:
         if not math.isfinite(value) or value < 0:
             raise CallmError(f"{name} must be a number >= 0, got {value}")
-    if settings.flow_weight > 1 or settings.patch_fraction > 1:
-        raise CallmError("--flow-weight and --region are shares between 0 and 1")
+    if settings.flow_weight > 1 or settings.patch_fraction > 1 or settings.hold_quantile >= 1:
+        raise CallmError("--flow-weight and --region are shares between 0 and 1, --hold a share below 1")
     return settings
 
 
@@ -128,6 +135,7 @@ def train_ae_command(
             "instantaneous).",
         ),
     ] = SUSTAIN_SECONDS,
+    hold: Annotated[float, typer.Option(help=HOLD_HELP)] = HOLD_QUANTILE,
     error: Annotated[
         str, typer.Option(help="Autoencoder error: 'motion' (of frame differences) or 'frame' (pixels, the paper's).")
     ] = "motion",
@@ -174,6 +182,7 @@ def train_ae_command(
             patch_fraction=region,
             flow_weight=flow_weight,
             sustain_seconds=sustain,
+            hold_quantile=hold,
             smooth_sigma=smooth,
             stride=calibration_stride,
             quantile=quantile,
@@ -210,6 +219,7 @@ def calibrate(
     flow_weight: Annotated[
         float | None, typer.Option(help="Share of the optical-flow signal (default: the weights' own).")
     ] = None,
+    hold: Annotated[float | None, typer.Option(help=HOLD_HELP + " Default: the weights' own.")] = None,
     error: Annotated[
         str | None, typer.Option(help="Autoencoder error: 'motion' or 'frame' (default: the weights' own).")
     ] = None,
@@ -237,6 +247,7 @@ def calibrate(
             smooth_sigma=own.smooth_sigma if smooth is None else smooth,
             stride=calibration_stride or own.stride,
             flow_weight=own.flow_weight if flow_weight is None else flow_weight,
+            hold_quantile=own.hold_quantile if hold is None else hold,
             error=error or own.error,
             patch_fraction=own.patch_fraction if region is None else region,
         )

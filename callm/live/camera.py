@@ -167,6 +167,7 @@ class Camera(threading.Thread):
             self.stage1.options.min_event_frames,
             self.stage1.options.max_gap,
             update_every=round(UPDATE_S * self.fps),
+            hold=self.stage1.hold,
         )
         waiting: dict[int, ScoredFrame] = {}
 
