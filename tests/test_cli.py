@@ -62,6 +62,11 @@ def test_train_ae_saves_calibrated_weights(trained, train_dir: Path) -> None:
     assert meta["calibration"]["evidence"]["windows"] == 16
     # Speeds count as far as they are kept up: the default 0.5 s at the footage's 10 fps.
     assert (meta["calibration"]["sustain_seconds"], meta["calibration"]["sustain_frames"]) == (0.5, 5)
+    # Events last above the 0.95 quantile of normal frames' scores, below the threshold.
+    assert meta["calibration"]["hold_quantile"] == 0.95
+    assert meta["calibration"]["hold_score"] == pytest.approx(
+        meta["calibration"]["evidence"]["frame_score_quantiles"]["0.95"], abs=1e-4
+    )
     assert (out / TENSORS_FILE).is_file()
 
 
@@ -72,13 +77,14 @@ def test_recalibrating_at_another_stride_sets_detects_default(
     out = tmp_path / "weights"
     shutil.copytree(trained[0], out)
     settings = ["--steps", "30", "--size", "32", "--widths", "4,8", "--crop", "0", "--device", "cpu", "--dtype", "fp32"]
-    args = ["train-ae", str(train_dir), "--out", str(out), *settings, "--resume", "--stride", "4"]
+    args = ["train-ae", str(train_dir), "--out", str(out), *settings, "--resume", "--stride", "4", "--hold", "0.9"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     before, after = (json.loads((d / META_FILE).read_text())["calibration"] for d in (trained[0], out))
     assert (before["stride"], after["stride"]) == (8, 4) and after["psnr_center"] != before["psnr_center"]
     data = detect_json(runner, clip_dir / "normal.avi", out, tmp_path / "n.json")
     assert data["settings"]["stride"] == 4 and data["threshold"] == pytest.approx(after["threshold"])
+    assert after["hold_quantile"] == 0.9 and data["settings"]["event_hold"] == pytest.approx(after["hold_score"])
 
 
 def test_calibrate_fits_the_gate_to_new_footage_without_training(
@@ -375,6 +381,7 @@ def test_calibrate_on_little_footage_says_so(
         (["--lr", "nan"], "--lr must be a positive number"),
         (["--smooth", "-1"], "--smooth must be a number >= 0"),
         (["--flow-weight", "2"], "--flow-weight and --region are shares between 0 and 1"),
+        (["--hold", "1"], "--hold a share below 1"),
         (["--error", "pixels"], "--error must be one of frame, motion"),
         (["--quantile", "2"], "--quantile must be between 0 and 1"),
         (["--folds", "1"], "--folds must be at least 2"),
