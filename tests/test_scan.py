@@ -228,6 +228,20 @@ def test_report_rebuilds_from_the_run_folder(runner, archive: Path, weights_dir:
     page = (run / "report.html").read_text()
     assert page.count('<tr class="video"') == len(GOOD) and page.count('<tr class="failed"') == len(BAD)
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing to fetch
+    # Each curve shows the threshold and, below it, the level events last above (the weights' event hold).
+    assert page.count('class="threshold"') == len(GOOD) and page.count('class="hold"') == len(GOOD)
+
+
+def test_the_curve_draws_the_hold_only_below_the_threshold() -> None:
+    from callm.report.html import CURVE_HEIGHT, curve_svg
+
+    scores = [0.0, 1.0, 3.0, 1.0]
+    assert 'class="hold"' in curve_svg(scores, 2.0, [], hold=0.5)
+    assert 'class="hold"' not in curve_svg(scores, 2.0, [], hold=2.0)  # no hold: events end at the threshold
+    assert 'class="hold"' not in curve_svg(scores, 2.0, [])  # results from before the hold
+    low = curve_svg(scores, 2.0, [], hold=-4.0)  # a hold below every score still lies inside the picture
+    y = float(low.split('class="hold"')[1].split('y1="')[1].split('"')[0])
+    assert 0 <= y <= CURVE_HEIGHT
 
 
 def test_a_rerun_with_other_settings_is_refused(

@@ -63,8 +63,9 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes)}:{secs:04.1f}"
 
 
-def curve_svg(scores: list[float], threshold: float, events: list[dict[str, Any]]) -> str:
-    """The score curve as an SVG: at most one point per pixel column (the column's maximum, so no peak is lost)."""
+def curve_svg(scores: list[float], threshold: float, events: list[dict[str, Any]], hold: float | None = None) -> str:
+    """The score curve as an SVG: at most one point per pixel column (the column's maximum, so no peak is lost).
+    ``hold``, when below the threshold, is drawn dotted: the level an event lasts above once it is found."""
     values = np.asarray(scores, dtype=np.float64)
     n = len(values)
     if n == 0:
@@ -72,7 +73,9 @@ def curve_svg(scores: list[float], threshold: float, events: list[dict[str, Any]
     columns = min(n, CURVE_WIDTH)
     edges = np.linspace(0, n, columns + 1).astype(int)
     peaks = np.array([values[a : max(b, a + 1)].max() for a, b in itertools.pairwise(edges)])
-    low = min(0.0, float(values.min()))
+    if hold is not None and hold >= threshold:
+        hold = None
+    low = min(0.0, float(values.min()), 0.0 if hold is None else hold)
     high = max(float(values.max()), threshold) * 1.1 - low * 0.1 or 1.0
 
     def y(value: float) -> float:
@@ -88,11 +91,17 @@ def curve_svg(scores: list[float], threshold: float, events: list[dict[str, Any]
         for e in events
     )
     points = " ".join(f"{(i + 0.5) * CURVE_WIDTH / columns:.1f},{y(v):.1f}" for i, v in enumerate(peaks))
+    hold_line = (
+        ""
+        if hold is None
+        else f'<line class="hold" x1="0" x2="{CURVE_WIDTH}" y1="{y(hold):.1f}" y2="{y(hold):.1f}" '
+        f'stroke="#888" stroke-width="1" stroke-dasharray="1,3"/>'
+    )
     return (
         f'<svg class="curve" width="{CURVE_WIDTH}" height="{CURVE_HEIGHT}" viewBox="0 0 {CURVE_WIDTH} {CURVE_HEIGHT}" '
         f'xmlns="http://www.w3.org/2000/svg">{shaded}'
         f'<line class="threshold" x1="0" x2="{CURVE_WIDTH}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
-        f'stroke="#444" stroke-width="1" stroke-dasharray="5,4"/>'
+        f'stroke="#444" stroke-width="1" stroke-dasharray="5,4"/>{hold_line}'
         f'<polyline class="score" points="{points}" fill="none" stroke="{CURVE_COLOUR}" stroke-width="2"/></svg>'
     )
 
@@ -149,7 +158,7 @@ def _video_row(run_dir: Path, record: dict[str, Any], data: dict[str, Any]) -> s
         + (" (assumed: the file carries no frame rate)" if data.get("fps_source") == "assumed" else "")
         + "</td>"
         f"<td>{record['events']}</td><td>{record['peak_score']:.2f}</td>"
-        f"<td>{curve_svg(data['scores'], data['threshold'], events)}</td>"
+        f"<td>{curve_svg(data['scores'], data['threshold'], events, data.get('settings', {}).get('event_hold'))}</td>"
         f'<td><div class="events">{figures}</div>{more}</td></tr>'
     )
 
@@ -191,7 +200,7 @@ def build_report(run_dir: Path) -> Path:
         "callm scan report",
         f"""<div class="totals">{len(records)} videos, {len(failed)} failed, {sum(r["events"] > 0 for r in ok)} with
 events, {sum(r["events"] for r in ok)} events in all. Score curves: blue = anomaly score, dashed grey = threshold,
-orange = events.</div>
+dotted grey = the level an event lasts above once the threshold found it, orange = events.</div>
 <table id="videos"><thead><tr><th>video</th><th>events</th><th class="sortable" data-order="desc">peak score</th>
 <th>score over time</th><th>events (clips; the still: peak frame and track)</th></tr></thead>
 <tbody>{rows}</tbody></table>
