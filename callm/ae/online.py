@@ -5,8 +5,8 @@ Here the same Gaussian smoothing runs with a delay of its radius (4 sigma frames
 known once the frames that far after it are in, and is then exactly what the whole-video smoothing gives, but
 for the last ``radius`` frames of a stream, which see the stream's end as ``detect`` sees a video's. Events are
 ``find_events``'s runs, found as they grow: an event *opens* when its run spans ``min_frames`` frames and
-*closes* once ``max_gap + 1`` frames in a row stay below the threshold, so a stream's events are the events
-``detect`` finds in the same file.
+*closes* once ``max_gap + 1`` frames in a row stay below the threshold and a frame has fallen below the hold,
+so a stream's events are the events ``detect`` finds in the same file.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ class StreamEvents:
     ) -> list[tuple[EventChange, Event]]:
         out: list[tuple[EventChange, Event]] = []
         above, raised = score > self.threshold, score > self.hold
-        self.raised_since = (frame if self.raised_since is None else self.raised_since) if raised else None
+        if not raised:
+            self.raised_since = None
+        elif self.raised_since is None:
+            self.raised_since = frame
         run = self.run
         if run is not None:
             run.extending = run.extending and raised
