@@ -97,10 +97,12 @@ def test_calibrate_fits_the_gate_to_new_footage_without_training(
     site = tmp_path / "site"
     videos = [str(train_dir / f"normal{i}.avi") for i in range(4)]
     args = ["calibrate", *videos, "-w", str(source), "--out", str(site), "--stride", "4", "--quantile", "0.5"]
-    result = runner.invoke(app, [*args, *DETECT_ARGS])
+    result = runner.invoke(app, [*args, "--hold", "0.9", *DETECT_ARGS])
     assert result.exit_code == 0, result.output
     calibration = json.loads((site / META_FILE).read_text())["calibration"]
     assert calibration["stride"] == 4 and calibration["holdout_videos"] == videos
+    assert calibration["hold_quantile"] == 0.9
+    assert calibration["hold_score"] == pytest.approx(calibration["evidence"]["frame_score_quantiles"]["0.9"], abs=1e-4)
     assert calibration["evidence"]["method"] == "scored by a model that never saw it"
     assert calibration["threshold"] != meta["calibration"]["threshold"]
     assert (site / TENSORS_FILE).read_bytes() == (source / TENSORS_FILE).read_bytes()  # the model is untouched
