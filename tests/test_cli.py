@@ -139,6 +139,15 @@ def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip
         assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48  # in the video's own pixels
 
 
+def test_detect_says_the_threshold_and_the_level_events_last_above(
+    runner: CliRunner, weights_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, ["detect", str(clip_dir / "intruder.avi"), "--weights", str(weights_dir), *DETECT_ARGS])
+    assert result.exit_code == 0, result.output
+    hold = json.loads((weights_dir / META_FILE).read_text())["calibration"]["hold_score"]
+    assert f"events last above {hold:.2f}" in " ".join(result.stdout.split())
+
+
 def test_intruder_scores_higher_than_normal_footage(detections: dict[str, dict]) -> None:
     normal, intruder = detections["normal"], detections["intruder"]
     assert max(intruder["scores"]) > max(normal["scores"]) + 5

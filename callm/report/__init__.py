@@ -64,10 +64,15 @@ def detection_summary(detection: Detection) -> str:
     return (
         f"{Path(detection.video).name}: {len(detection.events)} event(s) in {detection.num_frames} frames "
         f"({_clock(duration)} at {detection.fps:g} fps); peak score {detection.scores.max():.2f} "
-        f"(threshold {detection.threshold:.2f}); {len(detection.gated_starts)} of "
+        f"(threshold {detection.threshold:.2f}{_hold_note(detection)}); {len(detection.gated_starts)} of "
         f"{len(detection.window_starts)} windows gated for stage 2; "
         f"{detection.num_frames / detection.seconds:.1f} frames/s" + _stage2_summary(detection) + _fps_note(detection)
     )
+
+
+def _hold_note(detection: Detection) -> str:
+    hold = detection.settings.get("event_hold")
+    return "" if hold is None or hold >= detection.threshold else f"; events last above {hold:.2f}"
 
 
 def _fps_note(detection: Detection) -> str:
