@@ -315,9 +315,10 @@ def calibrate(
         smooth_curve(partial.mixed(f.psnr, s), settings.smooth_sigma) for f, s in zip(footage, speeds, strict=True)
     ]
     score_center, score_scale = robust_center_scale(np.concatenate(smoothed))
-    frame_scores = (np.concatenate(smoothed) - score_center) / score_scale
+    standardised = [(s - score_center) / score_scale for s in smoothed]
+    frame_scores = np.concatenate(standardised)
     hold_score = float(np.quantile(frame_scores, settings.hold_quantile))
-    per_video = [window_maxima((s - score_center) / score_scale) for s in smoothed]
+    per_video = [window_maxima(s) for s in standardised]
     per_video = [m for m in per_video if m.size]
     if not per_video:
         raise CallmError(f"calibration needs videos of at least {WINDOW} frames")
@@ -340,7 +341,10 @@ def calibrate(
         "tail": tail,
         "threshold_interval_90": _bootstrap_interval(per_video, settings.quantile),
         "normal_windows_above": int((maxima > threshold).sum()),
-        "frame_score_quantiles": {str(q): round(float(np.quantile(frame_scores, q)), 4) for q in FRAME_QUANTILES},
+        "frame_score_quantiles": {
+            str(q): round(float(v), 4)
+            for q, v in zip(FRAME_QUANTILES, np.quantile(frame_scores, FRAME_QUANTILES), strict=True)
+        },
     }
     return replace(
         partial, threshold=threshold, score_center=score_center, score_scale=score_scale,
