@@ -59,13 +59,6 @@ def held_out_knobs(calibration: Calibration, detections: list[Detection], labels
     return held_out(knob_grid(calibration), lambda c: scores_of(c, detections), labels, knobs)
 
 
-def frames_in(spans: list[tuple[int, int]], n: int) -> np.ndarray:
-    flags = np.zeros(n, dtype=bool)
-    for first, last in spans:
-        flags[first : last + 1] = True
-    return flags
-
-
 def held_out_hold(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
     """Choose the event hold (a quantile of normal frames' scores, 0 = none) on each half by the share of
     abnormal frames inside events minus the share of normal ones; report events and the gate on the other half."""
@@ -74,19 +67,22 @@ def held_out_hold(calibration: Calibration, detections: list[Detection], labels:
     grid = [q for q in levels if float(q) == 0 or float(q) >= 0.8]
 
     def measured(quantile: str, videos) -> dict:
-        inside, gated, truth = [], [], []
+        held, inside = [], []
         for i in videos:
             d = detections[i]
-            hold = levels[quantile]
             events = find_events(d.scores, d.threshold, d.fps, np.zeros((d.num_frames, 4), int),
-                                 options.min_event_frames, options.max_gap, hold=hold)  # fmt: skip
-            inside.append(frames_in([(e.start_frame, e.end_frame) for e in events], d.num_frames))
-            gated.append(frames_in([(s, s + 15) for s in gated_windows(events, d.num_frames)], d.num_frames))
-            truth.append(labels[i].astype(bool))
-        t, e, g = np.concatenate(truth), np.concatenate(inside), np.concatenate(gated)
+                                 options.min_event_frames, options.max_gap, hold=levels[quantile])  # fmt: skip
+            held.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
+            flags = np.zeros(d.num_frames, dtype=bool)
+            for e in events:
+                flags[e.start_frame : e.end_frame + 1] = True
+            inside.append(flags)
+        truth = [labels[i] for i in videos]
+        t, e = np.concatenate(truth).astype(bool), np.concatenate(inside)
+        gate = gate_coverage(held, truth)
         return {
             "abnormal_in_events": float(e[t].mean()), "normal_in_events": float(e[~t].mean()),
-            "abnormal_in_gated": float(g[t].mean()), "normal_in_gated": float(g[~t].mean()),
+            "abnormal_in_gated": gate.anomalous_in_gated, "normal_in_gated": gate.normal_in_gated,
             "abnormal_frames": int(t.sum()),
         }  # fmt: skip
 
