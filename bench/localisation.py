@@ -53,7 +53,7 @@ def main() -> None:
     shipped = Calibration.from_dict(weights.calibration)
     default = (shipped.region_share, shipped.region_tighten)
     videos = testing_videos(args.data)
-    masks = [args.data / "testing" / "masks" / v.name for v in videos]
+    masks = [args.data / "testing" / "masks" / v.stem for v in videos]  # 01/ for 01/ or 01.mp4
     results: dict = {}
     for share, tighten in sorted({*GRID, default}):
         calibration = {**weights.calibration, "region_share": share, "region_tighten": tighten}

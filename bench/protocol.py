@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from callm.ae.calibrate import Calibration
-from callm.metrics import minmax, roc_auc
+from callm.metrics import default_labels, minmax, roc_auc
 
 REPO = Path(__file__).resolve().parent.parent
 HALVES = {"01-06": range(6), "07-12": range(6, 12)}
@@ -35,6 +35,13 @@ def ped2_arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     return parser
+
+
+def ground_truth(data: Path) -> Path:
+    """The frame labels of a dataset root: Ped2's ``UCSDped2.m``, or the one labels file another root holds (the
+    re-framed Ped2 of ``bench/reframe.py`` writes ``reframed.m``)."""
+    ped2 = data / "UCSDped2.m"
+    return ped2 if ped2.is_file() else default_labels(data)
 
 
 def knob_grid(calibration: Calibration) -> list[Calibration]:

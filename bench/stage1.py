@@ -30,7 +30,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from protocol import HALVES, held_out, knob_grid, knobs, ped2_arguments, pooled_auc
+from protocol import HALVES, ground_truth, held_out, knob_grid, knobs, ped2_arguments, pooled_auc
 
 from callm.ae.calibrate import Calibration
 from callm.ae.events import find_events, gated_windows
@@ -132,7 +132,7 @@ def main() -> None:
             found = [stage1.detect(v) for v in videos]
             speed[name] = sum(d.num_frames for d in found) / (time.perf_counter() - began)
             detections = detections or found
-        labels = read_frame_labels(args.data / "UCSDped2.m", [d.num_frames for d in detections])
+        labels = read_frame_labels(ground_truth(args.data), [d.num_frames for d in detections])
         everything = range(12)
         defaults = {
             half: dict(zip(("frame_auc", "frame_auc_raw"), aucs(calibration, detections, labels, idx), strict=True))
@@ -194,7 +194,10 @@ def main() -> None:
             f"frames in gated windows; without a hold (all 12): {100 * none['abnormal_in_gated']:.1f}% "
             f"(normal {100 * none['normal_in_gated']:.1f}%)"
         )
-        print("  speed: " + ", ".join(f"{n} {v:.1f} frames/s" for n, v in speed.items()) + " (240x360, 2010 frames)")
+        height, width = detections[0].frame_size
+        frames = sum(d.num_frames for d in detections)
+        shown = ", ".join(f"{n} {v:.1f} frames/s" for n, v in speed.items())
+        print(f"  speed: {shown} ({height}x{width}, {frames} frames)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

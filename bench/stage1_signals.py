@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from protocol import held_out, knob_grid, knobs, ped2_arguments
+from protocol import ground_truth, held_out, knob_grid, knobs, ped2_arguments
 
 from callm.ae.calibrate import Calibration, smooth_curve
 from callm.ae.motion import SPEED_EPS, SpeedProfile, SustainedSpeed, cell_side, row_tops, speed_signal
@@ -156,7 +156,7 @@ def main() -> None:
             progress.advance(task)
     test = [captured[p] for p in tests]
     normal = [captured[p] for p in normals]
-    labels = read_frame_labels(args.data / "UCSDped2.m", [len(c.psnr) for c in test])
+    labels = read_frame_labels(ground_truth(args.data), [len(c.psnr) for c in test])
 
     # Each candidate: a grid of settings and the 12 test videos' scores at a setting.
     base_grid = knob_grid(calibration)

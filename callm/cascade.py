@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # stage 2 and the VADor are imported only by callers that ask
     from callm.vlm.frames import CallGrouping
 
 FramesDone = Callable[[int, int | None], None]
+# What an event is, in time: shorter blips above the threshold are flicker, and shorter dips below it do not split
+# one. In seconds, so that a 25 frames/s camera gets the same events as Ped2's 10 (5 and 10 frames there).
+MIN_EVENT_SECONDS = 0.5
+MAX_GAP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class DetectOptions:
     # scoring its middle 8, 8x the paper's speed at nearly its accuracy).
     stride: int | None = None
     threshold: float | None = None  # None = the calibrated threshold stored with the weights
-    min_event_frames: int = 5  # half a second at Ped2's 10 fps; shorter blips are flicker
-    max_gap: int = 10  # below-threshold dips this short do not split an event
+    min_event_frames: int | None = None  # None = MIN_EVENT_SECONDS at the video's frame rate
+    max_gap: int | None = None  # None = MAX_GAP_SECONDS at the video's frame rate
     folder_fps: float = DEFAULT_FOLDER_FPS
     batch_size: int = 8
 
@@ -46,13 +50,19 @@ class DetectOptions:
         """Every option checked before any video is read: a bad one must not cost a whole scoring pass first."""
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise CallmError(f"--threshold must be a finite number, got {self.threshold}")
-        if self.min_event_frames < 1:
+        if self.min_event_frames is not None and self.min_event_frames < 1:
             raise CallmError(f"--min-event must be at least 1 frame, got {self.min_event_frames}")
-        if self.max_gap < 0:
+        if self.max_gap is not None and self.max_gap < 0:
             raise CallmError(f"--max-gap must be 0 or more frames, got {self.max_gap}")
         check_fps(self.folder_fps)
         if self.stride is not None:
             scored_range(self.stride)
+
+    def event_frames(self, fps: float) -> tuple[int, int]:
+        """(shortest event, longest gap bridged) in frames of a video at ``fps``: as given, or the defaults' seconds."""
+        min_frames = self.min_event_frames or max(1, round(MIN_EVENT_SECONDS * fps))
+        max_gap = self.max_gap if self.max_gap is not None else round(MAX_GAP_SECONDS * fps)
+        return min_frames, max_gap
 
 
 class Stage1:
@@ -98,14 +108,9 @@ class Stage1:
         frames = self.scorer.score(video, on_window=None if on_frames is None else lambda done: on_frames(done, total))
         scores = self.calibration.calibrated(frames.psnr, frames.speed)
         n = len(scores)
+        min_frames, max_gap = self.options.event_frames(video.info.fps)
         events = find_events(
-            scores,
-            self.threshold,
-            video.info.fps,
-            frames.boxes,
-            min_frames=self.options.min_event_frames,
-            max_gap=self.options.max_gap,
-            hold=self.hold,
+            scores, self.threshold, video.info.fps, frames.boxes, min_frames=min_frames, max_gap=max_gap, hold=self.hold
         )
         if frames.regions is not None:
             events = [replace(e, tracks=link_tracks(frames.regions, e.start_frame, e.end_frame)) for e in events]
@@ -126,8 +131,8 @@ class Stage1:
             seconds=time.perf_counter() - began,
             settings={
                 "stride": self.scorer.stride,
-                "min_event_frames": self.options.min_event_frames,
-                "max_gap": self.options.max_gap,
+                "min_event_frames": min_frames,
+                "max_gap": max_gap,
                 "error": self.calibration.error,
                 "patch": self.calibration.patch,
                 "top_k": self.calibration.top_k,

@@ -117,6 +117,20 @@ def test_calibrate_fits_the_gate_to_new_footage_without_training(
     assert bad.exit_code != 0 and "--quantile" in bad.output
 
 
+def test_detect_times_events_by_the_videos_frame_rate(
+    runner: CliRunner, detections: dict[str, dict], weights_dir: Path, tmp_path: Path
+) -> None:
+    assert detections["intruder"]["settings"]["min_event_frames"] == 5  # half a second at 10 fps
+    assert detections["intruder"]["settings"]["max_gap"] == 10
+    fast = write_video(tmp_path / "fast.avi", make_frames(64, seed=10, intruder=INTRUDER), fps=25.0)
+    data = detect_json(runner, fast, weights_dir, tmp_path / "fast.json")
+    assert data["fps"] == 25.0
+    assert (data["settings"]["min_event_frames"], data["settings"]["max_gap"]) == (12, 25)
+    assert all(e["end_frame"] - e["start_frame"] + 1 >= 12 for e in data["events"])
+    given = detect_json(runner, fast, weights_dir, tmp_path / "given.json", "--min-event", "3", "--max-gap", "0")
+    assert (given["settings"]["min_event_frames"], given["settings"]["max_gap"]) == (3, 0)
+
+
 def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip_dir: Path) -> None:
     data = detections["intruder"]
     assert {"video", "fps", "num_frames", "threshold", "scores", "events", "windows_total", "windows_gated"} <= set(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from callm.ae.events import find_events, gated_windows
+from callm.cascade import DetectOptions
 from callm.results import Event
 from callm.video import window_starts
 
@@ -60,6 +61,28 @@ def test_min_frames_drops_short_runs_after_merging() -> None:
     # 2-3 and 6-7 merge into a 6-frame event; the single frame at 30 is dropped despite its peak.
     assert [(e.start_frame, e.end_frame) for e in events] == [(2, 7), (40, 45)]
     assert find_events(scores, threshold=1.0, fps=10.0, boxes=boxes_for(50), min_frames=7, max_gap=2) == []
+
+
+@pytest.mark.parametrize("fps", [5.0, 10.0, 25.0, 30.0])
+def test_default_event_lengths_are_seconds_at_any_frame_rate(fps: float) -> None:
+    """A fifth of a second above the threshold is flicker and a 0.8 s dip does not split an event, whether the
+    camera runs at 5 or 30 frames/s; 1.5 s below it does."""
+    min_frames, max_gap = DetectOptions().event_frames(fps)
+
+    def frames(seconds: float) -> int:
+        return round(seconds * fps)
+
+    def runs_at(*spans: tuple[float, float]) -> list[tuple[int, int]]:
+        n = frames(10)
+        scores = scores_with(n, [(frames(a), frames(a) + frames(d), 2.0) for a, d in spans])
+        found = find_events(scores, 1.0, fps, boxes_for(n), min_frames=min_frames, max_gap=max_gap)
+        return [(e.start_frame, e.end_frame) for e in found]
+
+    assert runs_at((1.0, 0.2)) == []
+    assert runs_at((1.0, 0.7), (2.5, 0.7)) == [(frames(1.0), frames(2.5) + frames(0.7) - 1)]
+    assert len(runs_at((1.0, 0.7), (3.2, 0.7))) == 2
+    assert DetectOptions().event_frames(10.0) == (5, 10)  # the frames the Ped2 figures were measured with
+    assert DetectOptions(min_event_frames=3, max_gap=0).event_frames(25.0) == (3, 0)  # given ones are kept
 
 
 def test_event_to_dict_has_the_documented_fields() -> None:

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 
 def _recipe(
-    weights: Path | None, stride: int | None, threshold: float | None, min_event: int, max_gap: int, fps: float,
-    device: str, dtype: str,
+    weights: Path | None, stride: int | None, threshold: float | None, min_event: int | None, max_gap: int | None,
+    fps: float, device: str, dtype: str,
 ) -> Stage1Recipe:  # fmt: skip
     from callm.cascade import DetectOptions, Stage1Recipe
 
@@ -277,8 +277,12 @@ def _explain_config(path: Path | None, calls: str, dtype: str | None, device: st
 
 # The options every way of running the cascade shares (one video, a scan, a live watch): stage 1's and the
 # explainers'. Each command lists them in its own signature (typer reads options from signatures) through these.
-MinEventOpt = Annotated[int, typer.Option(help="Drop events shorter than this many frames.")]
-MaxGapOpt = Annotated[int, typer.Option(help="Merge events separated by at most this many frames.")]
+MinEventOpt = Annotated[
+    int | None, typer.Option(help="Drop events shorter than this many frames (default: half a second's worth).")
+]
+MaxGapOpt = Annotated[
+    int | None, typer.Option(help="Merge events separated by at most this many frames (default: a second's worth).")
+]
 ExplainOpt = Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")]
 ExplainerOpt = Annotated[
     str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
@@ -321,8 +325,8 @@ class Cascade:
 
 
 def _cascade(
-    weights: Path | None, stride: int | None, threshold: float | None, min_event: int, max_gap: int, fps: float,
-    device: str, dtype: str, explain: bool, explainer: str, vador: Path | None, adaptor: Path | None,
+    weights: Path | None, stride: int | None, threshold: float | None, min_event: int | None, max_gap: int | None,
+    fps: float, device: str, dtype: str, explain: bool, explainer: str, vador: Path | None, adaptor: Path | None,
     vlm: Path | None, vlm_calls: str, vlm_dtype: str | None, vlm_device: str | None, load_8bit: bool,
 ) -> Cascade:  # fmt: skip
     if explainer not in ("vlm", "ltc"):
@@ -356,8 +360,8 @@ def detect(
     ] = None,
     stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
-    min_event: MinEventOpt = 5,
-    max_gap: MaxGapOpt = 10,
+    min_event: MinEventOpt = None,
+    max_gap: MaxGapOpt = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -428,8 +432,8 @@ def scan(
     weights: WeightsOpt = None,
     stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
-    min_event: MinEventOpt = 5,
-    max_gap: MaxGapOpt = 10,
+    min_event: MinEventOpt = None,
+    max_gap: MaxGapOpt = None,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

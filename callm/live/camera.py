@@ -3,7 +3,8 @@
 Each connection of a camera is scored as a stream of its own (a window never spans an outage): stage 1's
 scorer with one window per batch, the calibration's smoothing delayed by its radius, events found as they grow
 (``callm.ae.online``). A frame's score is final ``WINDOW + stride + 4 sigma`` frames after it arrived at most
-(32 at the shipped defaults: 1.3 s at 25 fps) and an event opens ``min_event`` frames after its first frame.
+(32 at the shipped defaults: 1.3 s at 25 fps) and an event opens its shortest length (half a second by default)
+after its first frame.
 
 A ring buffer keeps the last seconds of frames as JPEG (bounded by frame count and bytes), so a closed event's
 clip starts before the event did. The ``close`` record waits ``pad_s`` after the event's end for the clip's
@@ -164,8 +165,7 @@ class Camera(threading.Thread):
         events = StreamEvents(
             self.stage1.threshold,
             self.fps,
-            self.stage1.options.min_event_frames,
-            self.stage1.options.max_gap,
+            *self.stage1.options.event_frames(self.fps),
             update_every=round(UPDATE_S * self.fps),
             hold=self.stage1.hold,
         )
