@@ -1,6 +1,6 @@
 """Ped2 as another camera would film it: zoomed in, tilted, mirrored, another exposure, sensor noise, H.264.
 
-    python bench/reframe.py [--data ../shared/datasets/ped2] [--out ../bench-work/reframed]
+    python bench/reframe.py [--data ../shared/datasets/ped2] [--out ../bench-work/reframed] [--every N]
 
 The project has no second camera. This writes Ped2 again as a different installation would record the same
 walkway: a 170x230 part of the view, tilted 5 degrees and mirrored, at 480x640 (people 2.8x as large in pixels,
@@ -13,6 +13,9 @@ Ped2 benches pointed at it, say whether stage 1 depends on Ped2's framing, scale
     python bench/localisation.py --weights ../bench-work/reframed/weights --data ../bench-work/reframed
     python bench/false_alarms.py --data ../bench-work/reframed --work ../bench-work/reframed/false-alarms
 
+``--every 2`` keeps every second frame, a 5 frames/s camera (many recorders store that rate), written to
+``--out`` (pass another one, say ``../bench-work/reframed-5fps``).
+
 It is the same people and the same anomalies as Ped2, so it cannot say whether callm carries over to another
 scene; only a real second camera can. Frame labels come from Ped2's pixel masks, warped the same way: a frame
 is abnormal when any anomalous pixel is still in view (``reframed.m``, UCSD's format); the masks are written too.
@@ -22,6 +25,7 @@ Videos already written are kept, so a killed run continues.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import cv2
@@ -37,7 +41,7 @@ CROP_CENTRE = (200.0, 140.0)  # (x, y) in Ped2's 360x240 frame
 CROP_WIDTH = 230.0  # source pixels across the output's width
 TILT_DEGREES = 5.0
 GAMMA, CONTRAST, BRIGHTNESS, NOISE = 0.8, 0.85, 20.0, 2.0
-FPS = 10.0  # Ped2's own rate, written into the container
+PED2_FPS = 10.0
 
 
 def camera_matrix() -> np.ndarray:
@@ -57,24 +61,24 @@ def reframe(frame: np.ndarray, matrix: np.ndarray, rng: np.random.Generator) -> 
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def write_video(source: Path, target: Path, matrix: np.ndarray, seed: int) -> int:
-    """``source`` re-framed into the mp4 ``target`` (written whole, then moved in place); its frame count."""
+def write_video(source: Path, target: Path, matrix: np.ndarray, every: int, seed: int) -> None:
+    """Every ``every``-th frame of ``source``, re-framed, into the mp4 ``target`` (written whole, then moved)."""
     rng = np.random.default_rng(seed)
-    with atomic_path(target) as partial, Mp4Writer(partial, FPS) as writer:
-        for frame in Video(source).frames():
+    with atomic_path(target) as partial, Mp4Writer(partial, PED2_FPS / every) as writer:
+        for frame in itertools.islice(Video(source).frames(), 0, None, every):
             writer.write(reframe(frame, matrix, rng))
-    return Video(target).info.num_frames
 
 
-def write_masks(source: Path, target: Path, matrix: np.ndarray) -> list[bool]:
-    """Ped2's pixel masks of one test video warped into the new view; per frame, whether any is still in view."""
+def write_masks(source: Path, target: Path, matrix: np.ndarray, every: int) -> list[bool]:
+    """Ped2's pixel masks of the frames kept, warped into the new view and numbered from 000 again; per frame,
+    whether any anomalous pixel is still in view."""
     height, width = SIZE
     target.mkdir(parents=True, exist_ok=True)
     in_view = []
-    for mask_file in sorted(source.glob("*.png")):
+    for index, mask_file in enumerate(sorted(source.glob("*.png"))[::every]):
         mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
         warped = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
-        cv2.imwrite(str(target / mask_file.name), warped)
+        cv2.imwrite(str(target / f"{index:03d}.png"), warped)
         in_view.append(bool(warped.any()))
     return in_view
 
@@ -90,7 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ped2")
     parser.add_argument("--out", type=Path, default=REPO.parent / "bench-work" / "reframed")
+    parser.add_argument("--every", type=int, default=1, help="keep every N-th frame (2: a 5 frames/s camera)")
     args = parser.parse_args()
+    if args.every < 1:
+        parser.error("--every must be 1 or more")
     matrix = camera_matrix()
     training = find_videos([args.data / "training" / "frames"])
     testing = testing_videos(args.data)
@@ -101,14 +108,17 @@ def main() -> None:
             split = "training" if index < len(training) else "testing"
             target = args.out / split / "frames" / f"{source.name}.mp4"
             if not target.is_file():
-                write_video(source, target, matrix, seed=index)
+                write_video(source, target, matrix, args.every, seed=index)
             if split == "testing":
                 flags = write_masks(args.data / "testing" / "masks" / source.name, args.out / "testing" / "masks" /
-                                    source.name, matrix)  # fmt: skip
+                                    source.name, matrix, args.every)  # fmt: skip
                 lines.append(f"TestVideoFile{{end+1}}.gt_frame = [{ucsd_ranges(flags)}];")
             progress.update(task, advance=1)
     (args.out / "reframed.m").write_text("TestVideoFile = {};\n" + "\n".join(lines) + "\n")
-    print(f"{len(training)} training and {len(testing)} test videos re-framed at {SIZE[1]}x{SIZE[0]} in {args.out}")
+    print(
+        f"{len(training)} training and {len(testing)} test videos re-framed at {SIZE[1]}x{SIZE[0]}, "
+        f"{PED2_FPS / args.every:g} frames/s, in {args.out}"
+    )
 
 
 if __name__ == "__main__":
