@@ -233,3 +233,40 @@ def test_frames_at_the_ends_copy_the_nearest_scored_frame(stride: int) -> None:
     # Inside, every frame was scored at an offset in [lo, hi) of its window, never at the window's edges.
     offsets = np.rint(np.sqrt(4 * 10 ** (-psnr / 10)) / OffsetStamp.STEP).astype(int) - 1
     assert offsets.min() >= lo and offsets.max() < hi
+
+
+# --- the flow's sustained speed at a stream's start ------------------------------------------------------------
+
+
+def block_stream(moving_frames: range, n: int = 40, size: int = 64) -> list[np.ndarray]:
+    """A textured background with a block that moves 6 px a frame during ``moving_frames`` and stands still after."""
+    background = (90 + 40 * np.random.default_rng(0).random((size, size))).astype(np.uint8)
+    frames, x = [], 4
+    for t in range(n):
+        if t in moving_frames:
+            x += 6
+        frame = background.copy()
+        frame[24:40, x : x + 12] = 240
+        frames.append(frame)
+    return frames
+
+
+def start_speeds(frames: list[np.ndarray], sustain: int) -> np.ndarray:
+    scorer = FrameScorer(
+        WindowStamp(size=64), ErrorMeasure("frame", 0), torch.device("cpu"), torch.float32, stride=8,
+        sustain=sustain, flow=lambda tops: float(tops.max()),
+    )  # fmt: skip
+    speed = scorer.score_frames(iter(frames), (64, 64), "synthetic").speed
+    assert speed is not None
+    return speed
+
+
+def test_a_streams_first_frames_take_the_speed_kept_up_over_its_start() -> None:
+    """Nothing can have kept a speed up before a stream began: without a past, a flicker in the first frames of
+    every video (or of a camera's reconnection) would count in full and start it with a false alarm."""
+    flicker = start_speeds(block_stream(range(1, 3)), sustain=5)
+    steady = start_speeds(block_stream(range(1, 40)), sustain=5)
+    assert np.all(flicker[:4] == flicker[4]) and np.all(steady[:4] == steady[4])
+    assert flicker[0] < 0.25 * steady[0]  # the flicker was not kept up; the steady block was
+    instantaneous = start_speeds(block_stream(range(1, 3)), sustain=1)
+    assert instantaneous[1] > 0.5 * steady[0]  # it was fast while it lasted

@@ -290,17 +290,30 @@ class FrameScorer:
         after it went in (with ``batch_size`` 1)."""
         found = _Found()
         sustained = SustainedSpeed(self.sustain, self.motion_step, cell_side(self.size[0]))
+        # A stream's first frames have no past to keep a speed up over, so a one-frame flicker would count in full
+        # there (every video's start read as fast). They take the speed of the first frame that has that past:
+        # the speeds kept up over the stream's first frames. At most a window's worth, so that the speed is known
+        # before the first window releases them.
+        backfill = min(self.sustain, WINDOW) - 1
+
+        def record_speed(indices: list[int], tops: np.ndarray) -> None:
+            for index in indices:
+                if callable(self.flow):
+                    found.speeds[index] = self.flow(tops)
+                else:
+                    found.rows[index] = tops
 
         def record_motion(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+            waiting: list[int] = []  # a stream shorter than the backfill is refused as shorter than a window
             for index, (frame, cells) in enumerate(pairs):
                 if self.regions is not None:
                     found.cells[index] = cells  # read when the frame is scored, dropped after
                 if self.flow != "off":
                     tops = row_tops(sustained(cells))
-                    if callable(self.flow):
-                        found.speeds[index] = self.flow(tops)
-                    else:
-                        found.rows[index] = tops
+                    waiting.append(index)
+                    if index >= backfill:
+                        record_speed(waiting, tops)
+                        waiting.clear()
                 yield frame
 
         # Decoding and flow run ahead on their own thread, beside the model.
