@@ -71,7 +71,7 @@ def held_out_hold(calibration: Calibration, detections: list[Detection], labels:
         for i in videos:
             d = detections[i]
             events = find_events(d.scores, d.threshold, d.fps, np.zeros((d.num_frames, 4), int),
-                                 options.min_event_frames, options.max_gap, hold=levels[quantile])  # fmt: skip
+                                 *options.event_frames(d.fps), hold=levels[quantile])  # fmt: skip
             held.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
             flags = np.zeros(d.num_frames, dtype=bool)
             for e in events:
