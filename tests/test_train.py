@@ -104,27 +104,27 @@ def test_default_budget_grows_with_the_square_root_of_the_footage() -> None:
     assert default_steps(10) == MIN_STEPS and default_steps(10**7) == MAX_STEPS
 
 
+@pytest.mark.parametrize("killed_in", ["fold-1", "final"])
 def test_resume_after_a_kill_matches_an_unbroken_run(
-    unbroken, three_videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    unbroken, three_videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_in: str
 ) -> None:
     """``--resume`` after a kill: the same command picks up at the last checkpoint of whichever model it was
-    training and ends where an unbroken run ends, because each chunk of steps draws its clips from a generator
-    seeded by (seed, chunk)."""
+    training, starts the models the run had not reached, and ends where an unbroken run ends, because each chunk
+    of steps draws its clips from a generator seeded by (seed, chunk)."""
     _, reference = unbroken
     save_checkpoint = train_module.save_checkpoint
-    saves = []
 
     def save_then_die(folder, *args, **kwargs):
         save_checkpoint(folder, *args, **kwargs)
-        saves.append(folder.name)
-        if folder.name == "final":
-            raise KeyboardInterrupt  # killed just after the final model's first checkpoint
+        if folder.name == killed_in:
+            raise KeyboardInterrupt  # killed just after that model's first checkpoint
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(three_videos, tmp_path)
     monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
-    assert json.loads((tmp_path / CHECKPOINT_DIR / "final" / "state.json").read_text())["step"] == 4
+    assert json.loads((tmp_path / CHECKPOINT_DIR / killed_in / "state.json").read_text())["step"] == 4
+    assert (tmp_path / CHECKPOINT_DIR / "final").is_dir() == (killed_in == "final")
     assert not (tmp_path / "ae.json").exists()
     resumed = run(three_videos, tmp_path, resume=True)
     assert_same_model(resumed, reference)

@@ -187,8 +187,6 @@ def train(
             )
         load_checkpoint(checkpoint, model, optimizer)
         done, losses, seconds = state["step"], state["losses"], state["seconds"]
-    elif resume:
-        raise CallmError(f"{checkpoint}: no checkpoint to resume from")
 
     task = progress.add_task(label, total=steps, completed=done) if progress else None
     while done < steps:
@@ -286,7 +284,14 @@ def train_ae(
     resume: bool = False,
     progress: Progress | None = None,
 ) -> AEWeights:
-    """``callm train-ae``: cache frames, cross-fit the calibration, train the final model, save the weights."""
+    """``callm train-ae``: cache frames, cross-fit the calibration, train the final model, save the weights.
+
+    With ``resume``, each model continues from its checkpoint, and one the killed run had not reached yet starts
+    afresh; a folder with no checkpoint at all is refused (most likely the wrong ``out``).
+    """
+    checkpoints = out / CHECKPOINT_DIR
+    if resume and not any(has_checkpoint(folder) for folder in checkpoints.glob("*")):
+        raise CallmError(f"{checkpoints}: no checkpoint to resume from")
     sources = [Video(p, folder_fps=folder_fps) for p in find_videos(paths)]
     config = AEConfig.for_footage(height, (sources[0].info.height, sources[0].info.width), widths)
     arrays = cache_frames(sources, (config.height, config.width), out / CACHE_DIR, progress)
