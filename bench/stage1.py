@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -144,6 +145,11 @@ def main() -> None:
             for name, w in (("autoencoder", 0.0), ("flow", 1.0))
         }
         coverage = gate_coverage(detections, labels)
+        per_video = {
+            Path(d.video).stem: gate_coverage([d], [truth]).anomalous_in_gated
+            for d, truth in zip(detections, labels, strict=True)
+            if truth.any()
+        }
         protocol = held_out_knobs(calibration, detections, labels)
         hold = held_out_hold(calibration, detections, labels)
         results["strides"][stride] = {
@@ -152,6 +158,7 @@ def main() -> None:
             "default_settings": {"flow_weight": calibration.flow_weight, "smooth_sigma": calibration.smooth_sigma},
             "abnormal_frames_in_gated_windows": coverage.anomalous_in_gated,
             "normal_frames_in_gated_windows": coverage.normal_in_gated,
+            "abnormal_frames_in_gated_windows_per_video": per_video,
             "event_hold_quantile": calibration.hold_quantile,
             "event_hold_held_out": hold,
             "frames_per_second": speed,
@@ -182,6 +189,7 @@ def main() -> None:
             f"{100 * coverage.normal_in_gated:.1f}% of normal test frames gated (event hold: "
             f"{calibration.hold_quantile} of normal frames, chosen on 01-06)"
         )
+        print("  abnormal frames gated, per video: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in per_video.items()))
         for name, fold in hold["folds"].items():
             print(
                 f"  event hold held out, {name}: quantile {fold['hold_quantile']}: abnormal frames in gated windows "
