@@ -54,14 +54,18 @@ def main() -> None:
         weights = load(out, device)
         stage1 = Stage1(weights, DetectOptions(), device, dtype)
         gated = windows = above = frames = 0
+        events: dict[str, list[list[int]]] = {}
         for video in held:
             detection = stage1.detect(video)
             gated += len(detection.gated_starts)
             windows += len(detection.window_starts)
             above += int((detection.scores > detection.threshold).sum())
             frames += detection.num_frames
+            if detection.events:
+                events[video.name] = [[e.start_frame, e.end_frame] for e in detection.events]
         fold = {
             "held_out": [v.name for v in held],
+            "events": events,
             "windows_gated": gated,
             "windows": windows,
             "frames_above_threshold": above,
@@ -75,7 +79,8 @@ def main() -> None:
         print(
             f"fold {k + 1}: held out training videos {', '.join(fold['held_out'])}: {gated}/{windows} windows gated, "
             f"{above}/{frames} frames above the threshold {stage1.threshold:.2f} (train-ae took "
-            f"{weights.training['wall_seconds'] / 60:.1f} min)",
+            f"{weights.training['wall_seconds'] / 60:.1f} min)"
+            + "".join(f"; {name}: events at frames {spans}" for name, spans in events.items()),
             flush=True,
         )
     total = {
