@@ -39,6 +39,7 @@ from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.device import fastest_dtype, parse_dtype, pick_device
 from callm.evaluate import gate_coverage
+from callm.localisation import event_flags
 from callm.metrics import read_frame_labels
 from callm.results import Detection
 from callm.video import testing_videos
@@ -68,18 +69,14 @@ def held_out_hold(calibration: Calibration, detections: list[Detection], labels:
     grid = [q for q in levels if float(q) == 0 or float(q) >= 0.8]
 
     def measured(quantile: str, videos) -> dict:
-        held, inside = [], []
+        held = []
         for i in videos:
             d = detections[i]
             events = find_events(d.scores, d.threshold, d.fps, np.zeros((d.num_frames, 4), int),
                                  *options.event_frames(d.fps), hold=levels[quantile])  # fmt: skip
             held.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
-            flags = np.zeros(d.num_frames, dtype=bool)
-            for e in events:
-                flags[e.start_frame : e.end_frame + 1] = True
-            inside.append(flags)
         truth = [labels[i] for i in videos]
-        t, e = np.concatenate(truth).astype(bool), np.concatenate(inside)
+        t, e = np.concatenate(truth).astype(bool), np.concatenate([event_flags(h) for h in held])
         gate = gate_coverage(held, truth)
         return {
             "abnormal_in_events": float(e[t].mean()), "normal_in_events": float(e[~t].mean()),
