@@ -15,6 +15,8 @@ optical-flow signal in the score, and the temporal smoothing) are chosen on test
   on normal training footage only), and the share of normal test frames gated, at the weights' event hold;
 * the event hold held out: the share of normal frames an event's score must stay above to last, chosen on each
   half by (abnormal minus normal frames inside events) and reported on the other;
+* following objects held out: whether events follow the object that set them off (``DetectOptions.follow_objects``),
+  chosen on each half by the same criterion as the hold and reported on the other;
 * frames/s of the whole detect pass (decoding, optical flow, model, events) for each ``--dtype``, and which
   one ``--dtype auto`` picks on this machine.
 
@@ -34,7 +36,8 @@ import torch
 from protocol import HALVES, ground_truth, held_out, knob_grid, knobs, ped2_arguments, pooled_auc
 
 from callm.ae.calibrate import Calibration
-from callm.ae.events import find_events, gated_windows
+from callm.ae.events import gated_windows
+from callm.ae.online import replayed_events
 from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.device import fastest_dtype, parse_dtype, pick_device
@@ -61,40 +64,60 @@ def held_out_knobs(calibration: Calibration, detections: list[Detection], labels
     return held_out(knob_grid(calibration), lambda c: scores_of(c, detections), labels, knobs)
 
 
-def held_out_hold(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
-    """Choose the event hold (a quantile of normal frames' scores, 0 = none) on each half by the share of
-    abnormal frames inside events minus the share of normal ones; report events and the gate on the other half."""
+def events_inside(
+    detections: list[Detection], labels: list[np.ndarray], videos, hold: float | None, follow: bool
+) -> dict:
+    """The share of ``videos``' abnormal and normal frames inside events, and inside gated windows, with events
+    found at ``hold`` and following their objects or not (through ``StreamEvents``, as ``callm detect`` does)."""
     options = DetectOptions()
-    levels = {"0": None, **calibration.evidence["frame_score_quantiles"]}
-    grid = [q for q in levels if float(q) == 0 or float(q) >= 0.8]
+    found = []
+    for i in videos:
+        d = detections[i]
+        events = replayed_events(d.scores, d.fps, np.zeros((d.num_frames, 4), int), d.regions, d.threshold,
+                                 *options.event_frames(d.fps), hold=hold, follow=follow)  # fmt: skip
+        found.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
+    truth = [labels[i] for i in videos]
+    t, e = np.concatenate(truth).astype(bool), np.concatenate([event_flags(f) for f in found])
+    gate = gate_coverage(found, truth)
+    return {
+        "abnormal_in_events": float(e[t].mean()), "normal_in_events": float(e[~t].mean()),
+        "abnormal_in_gated": gate.anomalous_in_gated, "normal_in_gated": gate.normal_in_gated,
+        "abnormal_frames": int(t.sum()),
+    }  # fmt: skip
 
-    def measured(quantile: str, videos) -> dict:
-        held = []
-        for i in videos:
-            d = detections[i]
-            events = find_events(d.scores, d.threshold, d.fps, np.zeros((d.num_frames, 4), int),
-                                 *options.event_frames(d.fps), hold=levels[quantile])  # fmt: skip
-            held.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
-        truth = [labels[i] for i in videos]
-        t, e = np.concatenate(truth).astype(bool), np.concatenate([event_flags(h) for h in held])
-        gate = gate_coverage(held, truth)
-        return {
-            "abnormal_in_events": float(e[t].mean()), "normal_in_events": float(e[~t].mean()),
-            "abnormal_in_gated": gate.anomalous_in_gated, "normal_in_gated": gate.normal_in_gated,
-            "abnormal_frames": int(t.sum()),
-        }  # fmt: skip
 
+def held_out_events(detections: list[Detection], labels: list[np.ndarray], choices: dict[str, tuple]) -> dict:
+    """Choose among ``choices`` (name -> (hold, follow)) on each half by the share of abnormal frames inside events
+    minus the share of normal ones; report events and the gate on the other half."""
     folds = {}
     for chose_on, reported_on in (("01-06", "07-12"), ("07-12", "01-06")):
-        score = {q: measured(q, HALVES[chose_on]) for q in grid}
-        best = max(grid, key=lambda q: score[q]["abnormal_in_events"] - score[q]["normal_in_events"])
+        found = {name: events_inside(detections, labels, HALVES[chose_on], *c) for name, c in choices.items()}
+        score = {n: v["abnormal_in_events"] - v["normal_in_events"] for n, v in found.items()}
+        best = max(choices, key=score.__getitem__)
         folds[f"chosen on {chose_on}, reported on {reported_on}"] = {
-            "hold_quantile": float(best), **measured(best, HALVES[reported_on]),
+            "choice": best,
+            "criterion_on_choosing_half": score,
+            **events_inside(detections, labels, HALVES[reported_on], *choices[best]),
         }  # fmt: skip
     pooled = sum(f["abnormal_in_gated"] * f["abnormal_frames"] for f in folds.values()) / sum(
         f["abnormal_frames"] for f in folds.values()
     )
-    return {"folds": folds, "abnormal_in_gated_pooled": pooled, "no_hold_all_12": measured("0", range(12))}
+    return {"folds": folds, "abnormal_in_gated_pooled": pooled}
+
+
+def held_out_hold(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
+    """The event hold (a quantile of normal frames' scores, 0 = none), objects not followed, chosen per half."""
+    levels = {"0": None, **calibration.evidence["frame_score_quantiles"]}
+    choices = {q: (levels[q], False) for q in levels if float(q) == 0 or float(q) >= 0.8}
+    result = held_out_events(detections, labels, choices)
+    return {**result, "no_hold_all_12": events_inside(detections, labels, range(12), None, False)}
+
+
+def held_out_follow(calibration: Calibration, detections: list[Detection], labels: list[np.ndarray]) -> dict:
+    """Following events' objects or not, at the weights' event hold, chosen per half."""
+    hold = calibration.event_hold(calibration.threshold)
+    result = held_out_events(detections, labels, {"off": (hold, False), "on": (hold, True)})
+    return {**result, "off_all_12": events_inside(detections, labels, range(12), hold, False)}
 
 
 def main() -> None:
@@ -149,6 +172,7 @@ def main() -> None:
         }
         protocol = held_out_knobs(calibration, detections, labels)
         hold = held_out_hold(calibration, detections, labels)
+        follow = held_out_follow(calibration, detections, labels)
         results["strides"][stride] = {
             "held_out": protocol,
             "defaults": defaults,
@@ -158,6 +182,7 @@ def main() -> None:
             "abnormal_frames_in_gated_windows_per_video": per_video,
             "event_hold_quantile": calibration.hold_quantile,
             "event_hold_held_out": hold,
+            "follow_objects_held_out": follow,
             "frames_per_second": speed,
             "signals_alone_all_12": alone,
             "threshold": calibration.threshold,
@@ -184,20 +209,29 @@ def main() -> None:
             f"  gate at the automatic threshold {calibration.threshold:.2f}: "
             f"{100 * coverage.anomalous_in_gated:.1f}% of abnormal test frames in gated windows (goal >= 95%), "
             f"{100 * coverage.normal_in_gated:.1f}% of normal test frames gated (event hold: "
-            f"{calibration.hold_quantile} of normal frames, chosen on 01-06)"
+            f"{calibration.hold_quantile} of normal frames, chosen on 01-06; events follow their objects)"
         )
         print("  abnormal frames gated, per video: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in per_video.items()))
-        for name, fold in hold["folds"].items():
-            print(
-                f"  event hold held out, {name}: quantile {fold['hold_quantile']}: abnormal frames in gated windows "
-                f"{100 * fold['abnormal_in_gated']:.1f}%, normal {100 * fold['normal_in_gated']:.1f}%; in events "
-                f"{100 * fold['abnormal_in_events']:.1f}% / {100 * fold['normal_in_events']:.1f}%"
-            )
+        for title, held in (("event hold (objects not followed)", hold), ("following objects", follow)):
+            for name, fold in held["folds"].items():
+                print(
+                    f"  {title} held out, {name}: {fold['choice']}: abnormal frames in gated windows "
+                    f"{100 * fold['abnormal_in_gated']:.1f}%, normal {100 * fold['normal_in_gated']:.1f}%; in events "
+                    f"{100 * fold['abnormal_in_events']:.1f}% / {100 * fold['normal_in_events']:.1f}% (criterion on "
+                    + ", ".join(f"{k} {v:+.3f}" for k, v in fold["criterion_on_choosing_half"].items())
+                    + ")"
+                )
         none = hold["no_hold_all_12"]
         print(
             f"  event hold held out, both halves pooled: {100 * hold['abnormal_in_gated_pooled']:.1f}% of abnormal "
             f"frames in gated windows; without a hold (all 12): {100 * none['abnormal_in_gated']:.1f}% "
             f"(normal {100 * none['normal_in_gated']:.1f}%)"
+        )
+        off = follow["off_all_12"]
+        print(
+            f"  following objects held out, both halves pooled: {100 * follow['abnormal_in_gated_pooled']:.1f}% of "
+            f"abnormal frames in gated windows; not following (all 12): {100 * off['abnormal_in_gated']:.1f}% "
+            f"(normal {100 * off['normal_in_gated']:.1f}%)"
         )
         height, width = detections[0].frame_size
         frames = sum(d.num_frames for d in detections)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,8 @@ from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration
 from callm.ae.events import find_events, gated_windows
-from callm.ae.regions import RegionFinder, link_tracks
+from callm.ae.online import replayed_events
+from callm.ae.regions import RegionFinder
 from callm.ae.score import FrameScorer, scored_range
 from callm.ae.weights import AEWeights, load
 from callm.device import parse_dtype, pick_device
@@ -43,6 +44,8 @@ class DetectOptions:
     threshold: float | None = None  # None = the calibrated threshold stored with the weights
     min_event_frames: int | None = None  # None = MIN_EVENT_SECONDS at the video's frame rate
     max_gap: int | None = None  # None = MAX_GAP_SECONDS at the video's frame rate
+    # An event covers the visit of the object that set it off, not only the frames scored high enough.
+    follow_objects: bool = True
     folder_fps: float = DEFAULT_FOLDER_FPS
     batch_size: int = 8
 
@@ -109,11 +112,13 @@ class Stage1:
         scores = self.calibration.calibrated(frames.psnr, frames.speed)
         n = len(scores)
         min_frames, max_gap = self.options.event_frames(video.info.fps)
-        events = find_events(
-            scores, self.threshold, video.info.fps, frames.boxes, min_frames=min_frames, max_gap=max_gap, hold=self.hold
-        )
-        if frames.regions is not None:
-            events = [replace(e, tracks=link_tracks(frames.regions, e.start_frame, e.end_frame)) for e in events]
+        if frames.regions is None:
+            events = find_events(scores, self.threshold, video.info.fps, frames.boxes, min_frames, max_gap, self.hold)
+        else:  # the events (and tracks) a live watch of this file reports
+            events = replayed_events(
+                scores, video.info.fps, frames.boxes, frames.regions, self.threshold, min_frames, max_gap, self.hold,
+                follow=self.options.follow_objects,
+            )  # fmt: skip
         return Detection(
             video=str(video.path),
             fps=video.info.fps,
@@ -141,6 +146,7 @@ class Stage1:
                 "motion_step": self.calibration.motion_step,
                 "sustain_frames": self.calibration.sustain_frames,
                 "event_hold": self.hold,
+                "follow_objects": self.options.follow_objects,
             },
         )
 

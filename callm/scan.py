@@ -410,6 +410,7 @@ def run_settings(recipe: Stage1Recipe, explain_settings: dict[str, Any]) -> dict
         "threshold": options.threshold,
         "min_event_frames": options.min_event_frames,
         "max_gap": options.max_gap,
+        "follow_objects": options.follow_objects,
         "folder_fps": options.folder_fps,
         "explainers": explain_settings,
     }

@@ -131,6 +131,18 @@ def test_detect_times_events_by_the_videos_frame_rate(
     assert (given["settings"]["min_event_frames"], given["settings"]["max_gap"]) == (3, 0)
 
 
+def test_detect_follows_the_objects_of_events_unless_told_not_to(
+    runner: CliRunner, detections: dict[str, dict], weights_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    assert detections["intruder"]["settings"]["follow_objects"] is True
+    plain = detect_json(runner, clip_dir / "intruder.avi", weights_dir, tmp_path / "plain.json", "--no-follow")
+    assert plain["settings"]["follow_objects"] is False
+    # Following only ever lengthens events: each plain event lies inside one of the followed ones.
+    followed = detections["intruder"]["events"]
+    for event in plain["events"]:
+        assert any(f["start_frame"] <= event["start_frame"] and event["end_frame"] <= f["end_frame"] for f in followed)
+
+
 def test_detect_json_has_the_documented_layout(detections: dict[str, dict], clip_dir: Path) -> None:
     data = detections["intruder"]
     assert {"video", "fps", "num_frames", "threshold", "scores", "events", "windows_total", "windows_gated"} <= set(

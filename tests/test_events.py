@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,77 @@ def test_stream_events_with_a_hold_equal_find_events(seed: int) -> None:
         assert sorted(entry[0] for track in event.tracks for entry in track) == list(
             range(event.start_frame, event.end_frame + 1)
         )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_replayed_events_without_following_equal_find_events(seed: int) -> None:
+    """``callm detect`` finds its events by replaying the video through StreamEvents: without following objects
+    they are find_events' own."""
+    from callm.ae.online import replayed_events
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 300))
+    scores = np.convolve(rng.normal(0, 1, n + 8), np.ones(9) / 3, mode="valid")
+    regions = [np.array([[f, 0, f + 4, 4, s]], np.float32) for f, s in enumerate(scores)]
+    expected = find_events(scores, 1.2, 10, boxes_for(n), 3, 2, hold=0.4)
+    found = replayed_events(scores, 10, boxes_for(n), regions, 1.2, 3, 2, hold=0.4, follow=False)
+    assert [replace(e, tracks=[]) for e in found] == expected
+
+
+def object_box(frame: int, x0: int) -> list[float]:
+    """An object moving right 2 pixels a frame from ``x0``."""
+    return [x0 + 2 * frame, 50, x0 + 2 * frame + 20, 90]
+
+
+def visits(n: int, objects: list[tuple[int, int, int, float]], above: dict[int, int]) -> tuple:
+    """Scores and regions of ``n`` frames where each object ``(first, last, x0, level)`` is a region of score
+    ``level`` while in view; in the frames of ``above`` (frame -> object index) the score passes the threshold 1.0
+    and that object is the frame's worst region."""
+    scores = np.where(np.isin(np.arange(n), list(above)), 3.0, 0.0)
+    regions = []
+    for frame in range(n):
+        found = [
+            [*object_box(frame, x0), 3.0 if above.get(frame) == i else level]
+            for i, (first, last, x0, level) in enumerate(objects)
+            if first <= frame <= last
+        ]
+        found.sort(key=lambda r: -r[4])
+        regions.append(np.array(found, np.float32).reshape(-1, 5))
+    return scores, regions
+
+
+def spans(scores: np.ndarray, regions: list[np.ndarray], follow: bool = True) -> list[tuple[int, int]]:
+    from callm.ae.online import replayed_events
+
+    n = len(scores)
+    events = replayed_events(scores, 10, boxes_for(n), regions, 1.0, 2, 2, hold=0.5, follow=follow)
+    return [(e.start_frame, e.end_frame) for e in events]
+
+
+def test_an_event_covers_the_visit_of_the_object_that_set_it_off() -> None:
+    # A slow object in view over frames 10-69 passes the threshold at 40-44 only; a walker far off all along.
+    scores, regions = visits(80, [(10, 69, 0, 0.5), (0, 79, 300, 0.3)], {f: 0 for f in range(40, 45)})
+    assert spans(scores, regions, follow=False) == [(40, 44)]
+    assert spans(scores, regions) == [(10, 69)]
+    # Where the object no longer stands out of normal footage (its score at or below the calibrated zero), it is
+    # not followed: its visit counts from frame 25 here.
+    for frame in range(10, 25):
+        regions[frame][regions[frame][:, 0] < 300, 4] = -0.5
+        regions[frame] = regions[frame][np.argsort(-regions[frame][:, 4])]
+    assert spans(scores, regions) == [(25, 69)]
+
+
+def test_the_object_followed_is_the_one_that_passed_the_threshold() -> None:
+    # The object leaves after frame 45; at frame 44, still above the threshold, a walker is the frame's worst region.
+    # The event keeps following its own object and ends with it, not with the walker at frame 79.
+    above = {40: 0, 41: 0, 42: 0, 43: 0, 44: 1}
+    scores, regions = visits(80, [(10, 45, 0, 0.5), (0, 79, 300, 0.3)], above)
+    assert spans(scores, regions) == [(10, 45)]
+
+
+def test_an_event_followed_back_starts_after_the_one_before() -> None:
+    # Object A is in view over 10-30 (above at 20-22); object B all along (above at 60-62): B's event reaches back
+    # only to where A's ended, and on to the end of the video.
+    above = {20: 0, 21: 0, 22: 0, 60: 1, 61: 1, 62: 1}
+    scores, regions = visits(80, [(10, 30, 0, 0.5), (0, 79, 300, 0.5)], above)
+    assert spans(scores, regions) == [(10, 30), (31, 79)]

@@ -5,20 +5,22 @@ Here the same Gaussian smoothing runs with a delay of its radius (4 sigma frames
 known once the frames that far after it are in, and is then exactly what the whole-video smoothing gives, but
 for the last ``radius`` frames of a stream, which see the stream's end as ``detect`` sees a video's. Events are
 ``find_events``'s runs, found as they grow: an event *opens* when its run spans ``min_frames`` frames and
-*closes* once ``max_gap + 1`` frames in a row stay below the threshold and a frame has fallen below the hold,
-so a stream's events are the events ``detect`` finds in the same file.
+*closes* once ``max_gap + 1`` frames in a row stay below the threshold and a frame has fallen below the hold
+(and, following objects, once its object is lost). ``detect`` replays a whole video through the same
+``StreamEvents`` (``replayed_events``), so a stream's events are the events ``detect`` finds in the same file.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from callm.ae.calibrate import Calibration, smoothing_kernel
-from callm.ae.regions import link_tracks
+from callm.ae.regions import ObjectFollower, followed_back, link_tracks
 from callm.results import Event
 
 EventChange = Literal["open", "update", "close"]
@@ -78,6 +80,7 @@ class _Run:
     peak_box: list[int]
     regions: dict[int, np.ndarray] = field(default_factory=dict)
     extending: bool = True  # every frame since last_above has been raised: the event still reaches on
+    follower: ObjectFollower | None = None  # the object of its last frame above the threshold, while followed
     opened: bool = False
 
 
@@ -87,18 +90,28 @@ class StreamEvents:
 
     With ``hold`` (see find_events), an event opens at its first frame above the threshold but starts where the
     raised stretch before it began (the frames' regions are kept meanwhile), and stays open while the scores
-    stay raised."""
+    stay raised.
+
+    With ``follow``, an event also covers the visit of the object that set it off: the worst region of its first
+    frame above the threshold is followed back through the frames before (as far as the previous event's end, or
+    MAX_TRACK_FRAMES), and that of its latest frame above the threshold on through the frames after; the event
+    starts and lasts as far as the object is found (see regions.ObjectFollower). A slow anomaly often stands out
+    enough for the threshold only for a moment of its visit; stage 2, the clip and the tracks get all of it.
+    """
 
     def __init__(
         self, threshold: float, fps: float, min_frames: int, max_gap: int, update_every: int,
-        hold: float | None = None,
+        hold: float | None = None, follow: bool = False,
     ) -> None:  # fmt: skip
         self.threshold, self.fps = threshold, fps
         self.hold = threshold if hold is None else min(hold, threshold)
         self.min_frames, self.max_gap, self.update_every = min_frames, max_gap, max(1, update_every)
+        self.follow = follow
         self.run: _Run | None = None
         self.raised_since: int | None = None  # first frame of the current stretch of raised frames
-        self.raised_regions: dict[int, np.ndarray] = {}  # their regions, while no event is being found
+        # The regions of the frames since the last event ended (following objects), or of the current raised
+        # stretch (else): where a new event may start.
+        self.recent: dict[int, np.ndarray] = {}
 
     def push(
         self, frame: int, score: float, box: list[int], regions: np.ndarray | None
@@ -112,21 +125,28 @@ class StreamEvents:
         run = self.run
         if run is not None:
             run.extending = run.extending and raised
-            if frame - run.last_above > self.max_gap + 1 and not run.extending:
+            follower = run.follower
+            seen = follower is not None and not follower.lost and follower.see(frame, regions)
+            following = follower is not None and not follower.lost
+            if frame - run.last_above > self.max_gap + 1 and not run.extending and not following:
                 out += self.flush()
-                if self.raised_since is not None:  # a raised stretch began after the event stopped reaching on
-                    self.raised_regions = {f: r for f, r in run.regions.items() if f >= self.raised_since}
+                self.recent = {f: r for f, r in run.regions.items() if f > run.end}
                 run = None
+            elif seen:
+                run.end = frame
         if run is None:
-            if not raised:
-                self.raised_regions.clear()
-            elif regions is not None:
-                _keep(self.raised_regions, frame, regions)
+            if regions is not None:
+                _keep(self.recent, frame, regions)
+            if not raised and not self.follow:
+                self.recent.clear()
             if not above:
                 return out
             assert self.raised_since is not None  # a frame above the threshold is raised
-            run = self.run = _Run(self.raised_since, frame, frame, frame, frame, score, box)
-            run.regions, self.raised_regions = self.raised_regions, {}
+            start = self.raised_since
+            if self.follow and regions is not None and len(regions):
+                start = min(start, followed_back(self.recent, frame, regions[0][:4]))
+            run = self.run = _Run(start, frame, frame, frame, frame, score, box)
+            run.regions, self.recent = {f: r for f, r in self.recent.items() if f >= start}, {}
         elif regions is not None:
             _keep(run.regions, frame, regions)
         if run.extending:
@@ -136,6 +156,11 @@ class StreamEvents:
                 run.core_start = frame
             run.last_above = run.end = frame
             run.extending = True
+            # The object followed is the worst region of the run's first frame above the threshold, kept while it
+            # is found: a later frame's worst region may be something else.
+            lost = run.follower is None or run.follower.lost
+            if self.follow and lost and regions is not None and len(regions):
+                run.follower = ObjectFollower(regions[0][:4], frame)
             if score > run.peak_score:
                 run.peak, run.peak_score, run.peak_box = frame, score, box
             if not run.opened and frame - run.core_start + 1 >= self.min_frames:
@@ -172,3 +197,17 @@ def _keep(regions: dict[int, np.ndarray], frame: int, found: np.ndarray) -> None
     regions[frame] = found
     if len(regions) > MAX_TRACK_FRAMES:
         del regions[next(iter(regions))]
+
+
+def replayed_events(
+    scores: np.ndarray, fps: float, boxes: np.ndarray, regions: Sequence[np.ndarray], threshold: float,
+    min_frames: int, max_gap: int, hold: float | None = None, follow: bool = True,
+) -> list[Event]:  # fmt: skip
+    """A whole video's events, found by pushing its frames through ``StreamEvents``: what a live watch of the same
+    file reports, tracks included."""
+    events = StreamEvents(threshold, fps, min_frames, max_gap, update_every=len(scores) + 1, hold=hold, follow=follow)
+    changes = []
+    for frame, score in enumerate(scores):
+        changes += events.push(frame, float(score), [int(v) for v in boxes[frame]], regions[frame])
+    changes += events.flush()
+    return [event for change, event in changes if change == "close"]

@@ -172,3 +172,50 @@ def link_tracks(
     for track in kept:
         track.sort(key=lambda e: e[0])
     return kept
+
+
+# --- following the object an event is about --------------------------------------------------------------------
+
+# A region continues an object when it overlaps the object's last box this much (the usual bar for "the same
+# object" between detections) and still stands out of normal footage: its score is above a typical normal frame's
+# (the calibrated score's zero).
+SAME_OBJECT_IOU = 0.5
+FOLLOW_LEVEL = 0.0
+
+
+@dataclass
+class ObjectFollower:
+    """One object followed frame by frame through the frames' regions, one way in time, from its box at ``last``."""
+
+    box: np.ndarray
+    last: int  # the last frame the object was found in
+    misses: int = 0  # frames since then
+
+    @property
+    def lost(self) -> bool:
+        """Missing for more than TRACK_GAP frames: the object left, or no longer stands out."""
+        return self.misses > TRACK_GAP
+
+    def see(self, frame: int, regions: np.ndarray | None) -> bool:
+        """Look for the object among a frame's regions; True when it is there."""
+        best, best_iou = None, SAME_OBJECT_IOU
+        for region in regions if regions is not None else NO_REGIONS:
+            iou = box_iou(self.box, region[:4])
+            if region[4] > FOLLOW_LEVEL and iou >= best_iou:
+                best, best_iou = region, iou
+        if best is None:
+            self.misses += 1
+            return False
+        self.box, self.last, self.misses = best[:4], frame, 0
+        return True
+
+
+def followed_back(regions: Mapping[int, np.ndarray], frame: int, box: np.ndarray) -> int:
+    """The first frame of the object in ``box`` at ``frame``, followed back through the frames ``regions`` holds
+    (consecutive frame numbers up to ``frame``)."""
+    follower = ObjectFollower(np.asarray(box), frame)
+    earlier = frame - 1
+    while earlier in regions and not follower.lost:
+        follower.see(earlier, regions[earlier])
+        earlier -= 1
+    return follower.last

@@ -45,13 +45,14 @@ if TYPE_CHECKING:
 
 def _recipe(
     weights: Path | None, stride: int | None, threshold: float | None, min_event: int | None, max_gap: int | None,
-    fps: float, device: str, dtype: str,
+    follow: bool, fps: float, device: str, dtype: str,
 ) -> Stage1Recipe:  # fmt: skip
     from callm.cascade import DetectOptions, Stage1Recipe
 
     options = DetectOptions(
-        stride=stride, threshold=threshold, min_event_frames=min_event, max_gap=max_gap, folder_fps=fps
-    )
+        stride=stride, threshold=threshold, min_event_frames=min_event, max_gap=max_gap, follow_objects=follow,
+        folder_fps=fps,
+    )  # fmt: skip
     return Stage1Recipe(str(weights or default_weights()), options, device, dtype)
 
 
@@ -283,6 +284,11 @@ MinEventOpt = Annotated[
 MaxGapOpt = Annotated[
     int | None, typer.Option(help="Merge events separated by at most this many frames (default: a second's worth).")
 ]
+FollowOpt = Annotated[
+    bool,
+    typer.Option(help="An event lasts while the object that set it off is in view and stands out (not only while "
+                 "the frame's score is raised)."),
+]  # fmt: skip
 ExplainOpt = Annotated[bool, typer.Option(help="Ask the stage-2 video LLM about every gated event.")]
 ExplainerOpt = Annotated[
     str, typer.Option(help="'vlm': stage 2 explains events (with --explain); 'ltc': the VADor path also runs.")
@@ -326,8 +332,9 @@ class Cascade:
 
 def _cascade(
     weights: Path | None, stride: int | None, threshold: float | None, min_event: int | None, max_gap: int | None,
-    fps: float, device: str, dtype: str, explain: bool, explainer: str, vador: Path | None, adaptor: Path | None,
-    vlm: Path | None, vlm_calls: str, vlm_dtype: str | None, vlm_device: str | None, load_8bit: bool,
+    follow: bool, fps: float, device: str, dtype: str, explain: bool, explainer: str, vador: Path | None,
+    adaptor: Path | None, vlm: Path | None, vlm_calls: str, vlm_dtype: str | None, vlm_device: str | None,
+    load_8bit: bool,
 ) -> Cascade:  # fmt: skip
     if explainer not in ("vlm", "ltc"):
         raise CallmError(f"--explainer must be 'vlm' or 'ltc', got {explainer!r}")
@@ -340,7 +347,7 @@ def _cascade(
         stage2_config = _explain_config(vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit)
     elif vlm is not None:
         raise CallmError("--vlm is only used with --explain or --adaptor")
-    recipe = _recipe(weights, stride, threshold, min_event, max_gap, fps, device, dtype)
+    recipe = _recipe(weights, stride, threshold, min_event, max_gap, follow, fps, device, dtype)
     stage1 = recipe.build()  # fails here, once, on bad weights, before any video is touched
     ltc = _ltc_detector(vador, Path(recipe.weights), device, dtype, adaptor, stage2_config) if vador else None
     stage2 = _stage2(stage2_config, vlm_calls, fps) if explain else None  # its weights load before any scoring
@@ -362,6 +369,7 @@ def detect(
     threshold: ThresholdOpt = None,
     min_event: MinEventOpt = None,
     max_gap: MaxGapOpt = None,
+    follow: FollowOpt = True,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -385,8 +393,8 @@ def detect(
         find_videos([path])  # a folder with nothing to scan gets that message, not this one
         raise CallmError(f"{path}: a folder of videos; scan it with callm scan {path} --out RUN_DIR")
     cascade = _cascade(
-        weights, stride, threshold, min_event, max_gap, fps, device, dtype, explain, explainer, vador, adaptor, vlm,
-        vlm_calls, vlm_dtype, vlm_device, load_8bit,
+        weights, stride, threshold, min_event, max_gap, follow, fps, device, dtype, explain, explainer, vador, adaptor,
+        vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit,
     )  # fmt: skip
     with make_progress() as progress:
         bar = FrameBar(progress, path.name)
@@ -434,6 +442,7 @@ def scan(
     threshold: ThresholdOpt = None,
     min_event: MinEventOpt = None,
     max_gap: MaxGapOpt = None,
+    follow: FollowOpt = True,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -453,8 +462,8 @@ def scan(
         raise CallmError(f"--engine must be 'local' or 'ray', got {engine!r}")
     find_videos(paths)  # nothing to scan: said before any model loads
     cascade = _cascade(
-        weights, stride, threshold, min_event, max_gap, fps, device, dtype, explain, explainer, vador, adaptor, vlm,
-        vlm_calls, vlm_dtype, vlm_device, load_8bit,
+        weights, stride, threshold, min_event, max_gap, follow, fps, device, dtype, explain, explainer, vador, adaptor,
+        vlm, vlm_calls, vlm_dtype, vlm_device, load_8bit,
     )  # fmt: skip
     _scan(
         paths, out, cascade.recipe, engine, workers, address, retry_errors, cascade.explain_steps(), cascade.described
@@ -567,7 +576,7 @@ def eval_command(
 
     if not root.is_dir():
         raise CallmError(f"{root}: not a folder")
-    stage1 = _recipe(weights, stride, threshold, 5, 10, fps, device, dtype).build()
+    stage1 = _recipe(weights, stride, threshold, 5, 10, True, fps, device, dtype).build()
     with make_progress() as progress:
         result = evaluate(root, labels, stage1, progress, masks)
     console.print(eval_table(result))

@@ -23,7 +23,7 @@ from callm.cli.common import (
     quiet_transformers,
     user_errors,
 )
-from callm.cli.stage1 import MaxGapOpt, MinEventOpt, VlmConfigOpt, _explain_config, _recipe
+from callm.cli.stage1 import FollowOpt, MaxGapOpt, MinEventOpt, VlmConfigOpt, _explain_config, _recipe
 from callm.console import console, err_console
 from callm.errors import CallmError
 
@@ -71,6 +71,7 @@ def watch(
     threshold: ThresholdOpt = None,
     min_event: MinEventOpt = None,
     max_gap: MaxGapOpt = None,
+    follow: FollowOpt = True,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     explain: Annotated[bool, typer.Option(help="Stage 2 explains each closed event, on its own thread.")] = False,
@@ -99,7 +100,7 @@ def watch(
     folders = _weights_by_camera(weights or [], [c.name for c in cameras])
     built: dict[Path, Any] = {}
     for folder in set(folders.values()):  # one model per weights folder, shared by its cameras
-        built[folder] = _recipe(folder, stride, threshold, min_event, max_gap, 10.0, device, dtype).build()
+        built[folder] = _recipe(folder, stride, threshold, min_event, max_gap, follow, 10.0, device, dtype).build()
     explainer = None
     if explain:
         from callm.vlm.explain import Explainer

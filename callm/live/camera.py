@@ -168,6 +168,7 @@ class Camera(threading.Thread):
             *self.stage1.options.event_frames(self.fps),
             update_every=round(UPDATE_S * self.fps),
             hold=self.stage1.hold,
+            follow=self.stage1.options.follow_objects,
         )
         waiting: dict[int, ScoredFrame] = {}
 
