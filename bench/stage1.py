@@ -217,7 +217,8 @@ def main() -> None:
                 print(
                     f"  {title} held out, {name}: {fold['choice']}: abnormal frames in gated windows "
                     f"{100 * fold['abnormal_in_gated']:.1f}%, normal {100 * fold['normal_in_gated']:.1f}%; in events "
-                    f"{100 * fold['abnormal_in_events']:.1f}% / {100 * fold['normal_in_events']:.1f}% (criterion on "
+                    f"{100 * fold['abnormal_in_events']:.1f}% / {100 * fold['normal_in_events']:.1f}% "
+                    "(choosing half, abnormal minus normal in events: "
                     + ", ".join(f"{k} {v:+.3f}" for k, v in fold["criterion_on_choosing_half"].items())
                     + ")"
                 )

@@ -80,7 +80,7 @@ class _Run:
     peak_box: list[int]
     regions: dict[int, np.ndarray] = field(default_factory=dict)
     extending: bool = True  # every frame since last_above has been raised: the event still reaches on
-    follower: ObjectFollower | None = None  # the object of its last frame above the threshold, while followed
+    follower: ObjectFollower | None = None  # the object it follows on in time (see push), while found
     opened: bool = False
 
 
