@@ -1,6 +1,7 @@
 """Where stage 1 puts the anomaly on UCSD Ped2, against the pixel masks: the pixel-level criterion, AUC and IoU.
 
-    python bench/localisation.py [--weights weights/ped2] [--data ../shared/datasets/ped2] [--hold Q] [--json F]
+    python bench/localisation.py [--weights weights/ped2] [--data ../shared/datasets/ped2] [--hold Q] [--no-follow]
+                                 [--json F]
 
 For each pair of a small grid of the two region knobs the weights store in their calibration (``region_share``:
 how far toward a frame's worst cell its regions reach; ``region_tighten``: how far each region's box shrinks to
@@ -13,7 +14,9 @@ their 07-12 numbers are held out. Also prints frames/s of the detect pass with r
 
 Events last while the score stays above the weights' event hold, which was chosen on 01-06 too (bench/stage1.py);
 ``--hold Q`` runs at another quantile of the calibration's normal frames, e.g. the one bench/stage1.py chooses on
-07-12, so that the 01-06 row is held out for the hold as well.
+07-12, so that the 01-06 row is held out for the hold as well. Events follow their objects unless ``--no-follow``
+(bench/stage1.py lets each half choose that too: 01-06 chooses off, so the 07-12 row is held out for it with
+``--no-follow``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ SHOWN = ("detected_at_threshold", "pixel_auc", "mean_iou_flagged_abnormal", "med
 def main() -> None:
     parser = ped2_arguments(__doc__)
     parser.add_argument("--hold", help="event hold: a quantile in the calibration's frame_score_quantiles")
+    parser.add_argument("--no-follow", action="store_true", help="events do not follow their objects")
     args = parser.parse_args()
     device = pick_device("auto")
     weights = load(args.weights, device)
@@ -49,7 +53,11 @@ def main() -> None:
             parser.error(f"--hold must be one of {', '.join(levels)}")
         hold = {"hold_quantile": float(args.hold), "hold_score": levels[args.hold]}
         weights = replace(weights, calibration={**weights.calibration, **hold})
-    print(f"event hold: {weights.calibration.get('hold_quantile', 0)} of normal frames")
+    options = DetectOptions(follow_objects=not args.no_follow)
+    print(
+        f"event hold: {weights.calibration.get('hold_quantile', 0)} of normal frames; events follow their objects: "
+        f"{options.follow_objects}"
+    )
     shipped = Calibration.from_dict(weights.calibration)
     default = (shipped.region_share, shipped.region_tighten)
     videos = testing_videos(args.data)
@@ -57,7 +65,7 @@ def main() -> None:
     results: dict = {}
     for share, tighten in sorted({*GRID, default}):
         calibration = {**weights.calibration, "region_share": share, "region_tighten": tighten}
-        stage1 = Stage1(replace(weights, calibration=calibration), DetectOptions(), device, torch.float32)
+        stage1 = Stage1(replace(weights, calibration=calibration), options, device, torch.float32)
         began = time.perf_counter()
         detections = [stage1.detect(v) for v in videos]
         speed = sum(d.num_frames for d in detections) / (time.perf_counter() - began)
