@@ -171,7 +171,14 @@ def test_detect_says_the_threshold_and_the_level_events_last_above(
     result = runner.invoke(app, ["detect", str(clip_dir / "intruder.avi"), "--weights", str(weights_dir), *DETECT_ARGS])
     assert result.exit_code == 0, result.output
     hold = json.loads((weights_dir / META_FILE).read_text())["calibration"]["hold_score"]
-    assert f"events last above {hold:.2f}" in " ".join(result.stdout.split())
+    said = " ".join(result.stdout.split())
+    assert f"events last above {hold:.2f} and while their object is in view" in said
+    result = runner.invoke(
+        app, ["detect", str(clip_dir / "intruder.avi"), "--weights", str(weights_dir), *DETECT_ARGS, "--no-follow"]
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert f"events last above {hold:.2f});" in said and "while their object" not in said
 
 
 def test_intruder_scores_higher_than_normal_footage(detections: dict[str, dict]) -> None:

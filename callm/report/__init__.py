@@ -71,8 +71,12 @@ def detection_summary(detection: Detection) -> str:
 
 
 def _hold_note(detection: Detection) -> str:
+    """How events last beyond the frames above the threshold: the hold, and following their objects."""
     hold = detection.settings.get("event_hold")
-    return "" if hold is None or hold >= detection.threshold else f"; events last above {hold:.2f}"
+    ways = [] if hold is None or hold >= detection.threshold else [f"above {hold:.2f}"]
+    if detection.settings.get("follow_objects"):
+        ways.append("while their object is in view")
+    return f"; events last {' and '.join(ways)}" if ways else ""
 
 
 def _fps_note(detection: Detection) -> str:
