@@ -336,7 +336,9 @@ class FrameScorer:
             for index in range(released, final + 1):
                 yield self._release(index, found, frame_size)
             released = final + 1
-            for index in [i for i in found.cells if i < batch[-1].start]:
+            # A snapshot of the keys (list() runs without letting another thread in): the flow thread adds
+            # frames meanwhile, and iterating the dict itself then fails now and again.
+            for index in [i for i in list(found.cells) if i < batch[-1].start]:
                 del found.cells[index]
         for index in range(released, n):
             yield self._release(index, found, frame_size)
