@@ -94,8 +94,9 @@ class StreamEvents:
 
     With ``follow``, an event also covers the visit of the object that set it off: the worst region of its first
     frame above the threshold is followed back through the frames before (as far as the previous event's end, or
-    MAX_TRACK_FRAMES), and that of its latest frame above the threshold on through the frames after; the event
-    starts and lasts as far as the object is found (see regions.ObjectFollower). A slow anomaly often stands out
+    MAX_TRACK_FRAMES) and on through the frames after (once lost, the worst region of the next frame above the
+    threshold takes its place); the event starts and lasts as far as the object is found (see
+    regions.ObjectFollower). A slow anomaly often stands out
     enough for the threshold only for a moment of its visit; stage 2, the clip and the tracks get all of it.
     """
 
