@@ -37,7 +37,7 @@ from protocol import HALVES, ground_truth, held_out, knob_grid, knobs, ped2_argu
 
 from callm.ae.calibrate import Calibration
 from callm.ae.events import gated_windows
-from callm.ae.online import replayed_events
+from callm.ae.online import StreamEvents, replayed_events
 from callm.ae.weights import load
 from callm.cascade import DetectOptions, Stage1
 from callm.device import fastest_dtype, parse_dtype, pick_device
@@ -73,8 +73,8 @@ def events_inside(
     found = []
     for i in videos:
         d = detections[i]
-        events = replayed_events(d.scores, d.fps, np.zeros((d.num_frames, 4), int), d.regions, d.threshold,
-                                 *options.event_frames(d.fps), hold=hold, follow=follow)  # fmt: skip
+        finder = StreamEvents(d.threshold, d.fps, *options.event_frames(d.fps), d.num_frames + 1, hold, follow)
+        events = replayed_events(finder, d.scores, np.zeros((d.num_frames, 4), int), d.regions)
         found.append(replace(d, events=events, gated_starts=gated_windows(events, d.num_frames)))
     truth = [labels[i] for i in videos]
     t, e = np.concatenate(truth).astype(bool), np.concatenate([event_flags(f) for f in found])

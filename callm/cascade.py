@@ -14,8 +14,8 @@ import torch
 from rich.progress import Progress
 
 from callm.ae.calibrate import Calibration
-from callm.ae.events import find_events, gated_windows
-from callm.ae.online import replayed_events
+from callm.ae.events import gated_windows
+from callm.ae.online import StreamEvents, replayed_events
 from callm.ae.regions import RegionFinder
 from callm.ae.score import FrameScorer, scored_range
 from callm.ae.weights import AEWeights, load
@@ -103,6 +103,14 @@ class Stage1:
         """The score an event lasts above once the threshold found it (see calibrate.Calibration.event_hold)."""
         return self.calibration.event_hold(self.threshold)
 
+    def stream_events(self, fps: float, update_every: int) -> StreamEvents:
+        """The event finder for a stream at ``fps``, with these options: what ``watch`` runs live and ``detect``
+        replays a file through, so the two find the same events."""
+        return StreamEvents(
+            self.threshold, fps, *self.options.event_frames(fps), update_every=update_every, hold=self.hold,
+            follow=self.options.follow_objects,
+        )  # fmt: skip
+
     def detect(self, path: str | Path, on_frames: FramesDone | None = None) -> Detection:
         """Score one video; ``on_frames(done, total)`` follows the decoding (total is None when unknown)."""
         began = time.perf_counter()
@@ -111,14 +119,9 @@ class Stage1:
         frames = self.scorer.score(video, on_window=None if on_frames is None else lambda done: on_frames(done, total))
         scores = self.calibration.calibrated(frames.psnr, frames.speed)
         n = len(scores)
-        min_frames, max_gap = self.options.event_frames(video.info.fps)
-        if frames.regions is None:
-            events = find_events(scores, self.threshold, video.info.fps, frames.boxes, min_frames, max_gap, self.hold)
-        else:  # the events (and tracks) a live watch of this file reports
-            events = replayed_events(
-                scores, video.info.fps, frames.boxes, frames.regions, self.threshold, min_frames, max_gap, self.hold,
-                follow=self.options.follow_objects,
-            )  # fmt: skip
+        # The events (and tracks) a live watch of this file reports; no "update" is wanted from a whole file.
+        finder = self.stream_events(video.info.fps, update_every=n + 1)
+        events = replayed_events(finder, scores, frames.boxes, frames.regions)
         return Detection(
             video=str(video.path),
             fps=video.info.fps,
@@ -136,8 +139,8 @@ class Stage1:
             seconds=time.perf_counter() - began,
             settings={
                 "stride": self.scorer.stride,
-                "min_event_frames": min_frames,
-                "max_gap": max_gap,
+                "min_event_frames": finder.min_frames,
+                "max_gap": finder.max_gap,
                 "error": self.calibration.error,
                 "patch": self.calibration.patch,
                 "top_k": self.calibration.top_k,

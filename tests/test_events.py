@@ -210,14 +210,14 @@ def test_stream_events_with_a_hold_equal_find_events(seed: int) -> None:
 def test_replayed_events_without_following_equal_find_events(seed: int) -> None:
     """``callm detect`` finds its events by replaying the video through StreamEvents: without following objects
     they are find_events' own."""
-    from callm.ae.online import replayed_events
+    from callm.ae.online import StreamEvents, replayed_events
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(20, 300))
     scores = np.convolve(rng.normal(0, 1, n + 8), np.ones(9) / 3, mode="valid")
     regions = [np.array([[f, 0, f + 4, 4, s]], np.float32) for f, s in enumerate(scores)]
     expected = find_events(scores, 1.2, 10, boxes_for(n), 3, 2, hold=0.4)
-    found = replayed_events(scores, 10, boxes_for(n), regions, 1.2, 3, 2, hold=0.4, follow=False)
+    found = replayed_events(StreamEvents(1.2, 10, 3, 2, n + 1, hold=0.4), scores, boxes_for(n), regions)
     assert [replace(e, tracks=[]) for e in found] == expected
 
 
@@ -244,10 +244,10 @@ def visits(n: int, objects: list[tuple[int, int, int, float]], above: dict[int, 
 
 
 def spans(scores: np.ndarray, regions: list[np.ndarray], follow: bool = True) -> list[tuple[int, int]]:
-    from callm.ae.online import replayed_events
+    from callm.ae.online import StreamEvents, replayed_events
 
     n = len(scores)
-    events = replayed_events(scores, 10, boxes_for(n), regions, 1.0, 2, 2, hold=0.5, follow=follow)
+    events = replayed_events(StreamEvents(1.0, 10, 2, 2, n + 1, hold=0.5, follow=follow), scores, boxes_for(n), regions)
     return [(e.start_frame, e.end_frame) for e in events]
 
 

@@ -201,14 +201,13 @@ def _keep(regions: dict[int, np.ndarray], frame: int, found: np.ndarray) -> None
 
 
 def replayed_events(
-    scores: np.ndarray, fps: float, boxes: np.ndarray, regions: Sequence[np.ndarray], threshold: float,
-    min_frames: int, max_gap: int, hold: float | None = None, follow: bool = True,
-) -> list[Event]:  # fmt: skip
-    """A whole video's events, found by pushing its frames through ``StreamEvents``: what a live watch of the same
-    file reports, tracks included."""
-    events = StreamEvents(threshold, fps, min_frames, max_gap, update_every=len(scores) + 1, hold=hold, follow=follow)
+    events: StreamEvents, scores: np.ndarray, boxes: np.ndarray, regions: Sequence[np.ndarray] | None
+) -> list[Event]:
+    """A whole video's events, found by pushing its frames through ``events``: what a live watch of the same file
+    reports, tracks included."""
     changes = []
     for frame, score in enumerate(scores):
-        changes += events.push(frame, float(score), [int(v) for v in boxes[frame]], regions[frame])
+        found = None if regions is None else regions[frame]
+        changes += events.push(frame, float(score), [int(v) for v in boxes[frame]], found)
     changes += events.flush()
     return [event for change, event in changes if change == "close"]

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from callm.ae.online import EventChange, StreamEvents, StreamScores
+from callm.ae.online import EventChange, StreamScores
 from callm.ae.score import ScoredFrame
 from callm.cascade import Stage1
 from callm.clips import MAX_CLIP_S, annotate, boxes_at, clip_span, clock, thumbnail
@@ -162,14 +162,7 @@ class Camera(threading.Thread):
         offset = self.index
         scorer = self.stage1.new_scorer(batch_size=1)
         scores = StreamScores(self.stage1.calibration)
-        events = StreamEvents(
-            self.stage1.threshold,
-            self.fps,
-            *self.stage1.options.event_frames(self.fps),
-            update_every=round(UPDATE_S * self.fps),
-            hold=self.stage1.hold,
-            follow=self.stage1.options.follow_objects,
-        )
+        events = self.stage1.stream_events(self.fps, update_every=round(UPDATE_S * self.fps))
         waiting: dict[int, ScoredFrame] = {}
 
         def model_frames() -> Iterator[np.ndarray]:
