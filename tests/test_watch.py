@@ -122,9 +122,11 @@ def test_the_webhook_gets_every_record_and_a_dead_source_does_not_stop_the_other
     runner: CliRunner, weights_dir: Path, intruder_mp4: Path, tmp_path: Path
 ) -> None:
     Hook.received = []
-    dead = f"dead=rtsp://127.0.0.1:{free_port()}/cam"
     out = tmp_path / "watch"
     with serving(Hook) as port:
+        # Picked while the webhook holds its port: picked before, the closed port could be handed to the webhook,
+        # and the "dead" camera would then reach an HTTP server instead of a refused connection.
+        dead = f"dead=rtsp://127.0.0.1:{free_port()}/cam"
         result = runner.invoke(
             app,
             ["watch", str(intruder_mp4), dead, "--out", str(out), "-w", str(weights_dir), "--duration", "8",
