@@ -232,6 +232,21 @@ def test_eval_reports_frame_auc(runner: CliRunner, weights_dir: Path, dataset, t
     assert metrics["frame_auc"] > 0.8 and metrics["frame_auc_raw"] > 0.8
 
 
+def test_eval_finds_events_as_detect_does(runner: CliRunner, weights_dir: Path, dataset, tmp_path: Path) -> None:
+    """eval's gate uses detect's event options: its seconds defaults at the footage's rate, or as given."""
+    root, labels = dataset
+    np.save(tmp_path / "gt.npy", np.concatenate(labels))
+    out = tmp_path / "metrics.json"
+    args = ["eval", str(root), "--labels", str(tmp_path / "gt.npy"), "-w", str(weights_dir), "--json", str(out)]
+    settings = {}
+    for extra in (["--fps", "20"], ["--min-event", "7", "--max-gap", "3", "--no-follow"]):
+        result = runner.invoke(app, [*args, *extra, *DETECT_ARGS])
+        assert result.exit_code == 0, result.output
+        settings[extra[0]] = json.loads(out.read_text())["settings"]
+    assert [settings["--fps"][k] for k in ("min_event_frames", "max_gap", "follow_objects")] == [10, 20, True]
+    assert [settings["--min-event"][k] for k in ("min_event_frames", "max_gap", "follow_objects")] == [7, 3, False]
+
+
 def test_eval_finds_labels_in_the_root_and_reads_ucsd_m(runner: CliRunner, weights_dir: Path, tmp_path: Path) -> None:
     make_dataset(tmp_path)
     (tmp_path / "gt.m").write_text(

@@ -565,18 +565,21 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     stride: StrideOpt = None,
     threshold: ThresholdOpt = None,
+    min_event: MinEventOpt = None,
+    max_gap: MaxGapOpt = None,
+    follow: FollowOpt = True,
     fps: FpsOpt = 10.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Frame-level ROC AUC of stage 1 on a labelled test set."""
+    """Frame-level ROC AUC of stage 1 on a labelled test set, and its gate with the events detect finds."""
     check_output_file(json_out, "--json")
     from callm.evaluate import evaluate
     from callm.report import eval_table, localisation_line, write_json
 
     if not root.is_dir():
         raise CallmError(f"{root}: not a folder")
-    stage1 = _recipe(weights, stride, threshold, 5, 10, True, fps, device, dtype).build()
+    stage1 = _recipe(weights, stride, threshold, min_event, max_gap, follow, fps, device, dtype).build()
     with make_progress() as progress:
         result = evaluate(root, labels, stage1, progress, masks)
     console.print(eval_table(result))
