@@ -221,20 +221,22 @@ def test_replayed_events_without_following_equal_find_events(seed: int) -> None:
     assert [replace(e, tracks=[]) for e in found] == expected
 
 
-def object_box(frame: int, x0: int) -> list[float]:
-    """An object moving right 2 pixels a frame from ``x0``."""
-    return [x0 + 2 * frame, 50, x0 + 2 * frame + 20, 90]
+def object_box(frame: int, x0: int, step: float = 2) -> list[float]:
+    """An object moving right ``step`` pixels a frame from ``x0``."""
+    return [x0 + step * frame, 50, x0 + step * frame + 20, 90]
 
 
-def visits(n: int, objects: list[tuple[int, int, int, float]], above: dict[int, int]) -> tuple:
+def visits(
+    n: int, objects: list[tuple[int, int, int, float]], above: dict[int, int], step: float = 2
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Scores and regions of ``n`` frames where each object ``(first, last, x0, level)`` is a region of score
-    ``level`` while in view; in the frames of ``above`` (frame -> object index) the score passes the threshold 1.0
-    and that object is the frame's worst region."""
+    ``level`` while in view, moving ``step`` pixels a frame; in the frames of ``above`` (frame -> object index) the
+    score passes the threshold 1.0 and that object is the frame's worst region."""
     scores = np.where(np.isin(np.arange(n), list(above)), 3.0, 0.0)
     regions = []
     for frame in range(n):
         found = [
-            [*object_box(frame, x0), 3.0 if above.get(frame) == i else level]
+            [*object_box(frame, x0, step), 3.0 if above.get(frame) == i else level]
             for i, (first, last, x0, level) in enumerate(objects)
             if first <= frame <= last
         ]
@@ -243,11 +245,13 @@ def visits(n: int, objects: list[tuple[int, int, int, float]], above: dict[int, 
     return scores, regions
 
 
-def spans(scores: np.ndarray, regions: list[np.ndarray], follow: bool = True) -> list[tuple[int, int]]:
+def spans(scores: np.ndarray, regions: list[np.ndarray], follow: bool = True, fps: float = 10) -> list[tuple[int, int]]:
     from callm.ae.online import StreamEvents, replayed_events
 
     n = len(scores)
-    events = replayed_events(StreamEvents(1.0, 10, 2, 2, n + 1, hold=0.5, follow=follow), scores, boxes_for(n), regions)
+    events = replayed_events(
+        StreamEvents(1.0, fps, 2, 2, n + 1, hold=0.5, follow=follow), scores, boxes_for(n), regions
+    )
     return [(e.start_frame, e.end_frame) for e in events]
 
 
@@ -278,3 +282,19 @@ def test_an_event_followed_back_starts_after_the_one_before() -> None:
     above = {20: 0, 21: 0, 22: 0, 60: 1, 61: 1, 62: 1}
     scores, regions = visits(80, [(10, 30, 0, 0.5), (0, 79, 300, 0.5)], above)
     assert spans(scores, regions) == [(10, 30), (31, 79)]
+
+
+def test_an_object_may_be_missed_longer_in_frames_at_a_faster_frame_rate() -> None:
+    from callm.ae.online import StreamEvents, replayed_events
+
+    # An object in view over frames 10-69 is missed over frames 20-25. At 10 frames/s (moving 2 pixels a frame)
+    # that is 0.6 s: it left. At 25 frames/s (the same speed in time, 0.8 pixels a frame) it is 0.24 s, a short
+    # occlusion, as 3 frames are at 10 frames/s: followed across.
+    for fps, step, expected in ((10, 2, [(26, 69)]), (25, 0.8, [(10, 69)])):
+        scores, regions = visits(80, [(10, 69, 0, 0.5)], {f: 0 for f in range(40, 45)}, step)
+        for frame in range(20, 26):
+            regions[frame] = regions[frame][:0]
+        assert spans(scores, regions, fps=fps) == expected
+    # The event's track crosses the same gap.
+    events = StreamEvents(1.0, 25, 2, 2, 81, hold=0.5, follow=True)
+    assert [len(e.tracks) for e in replayed_events(events, scores, boxes_for(80), regions)] == [1]

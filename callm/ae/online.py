@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from callm.ae.calibrate import Calibration, smoothing_kernel
-from callm.ae.regions import ObjectFollower, followed_back, link_tracks
+from callm.ae.regions import ObjectFollower, followed_back, link_tracks, track_gap
 from callm.results import Event
 
 EventChange = Literal["open", "update", "close"]
@@ -108,6 +108,7 @@ class StreamEvents:
         self.hold = threshold if hold is None else min(hold, threshold)
         self.min_frames, self.max_gap, self.update_every = min_frames, max_gap, max(1, update_every)
         self.follow = follow
+        self.track_gap = track_gap(fps)
         self.run: _Run | None = None
         self.raised_since: int | None = None  # first frame of the current stretch of raised frames
         # The regions of the frames since the last event ended (following objects), or of the current raised
@@ -145,7 +146,7 @@ class StreamEvents:
             assert self.raised_since is not None  # a frame above the threshold is raised
             start = self.raised_since
             if self.follow and regions is not None and len(regions):
-                start = min(start, followed_back(self.recent, frame, regions[0][:4]))
+                start = min(start, followed_back(self.recent, frame, regions[0][:4], self.track_gap))
             run = self.run = _Run(start, frame, frame, frame, frame, score, box)
             run.regions, self.recent = {f: r for f, r in self.recent.items() if f >= start}, {}
         elif regions is not None:
@@ -161,7 +162,7 @@ class StreamEvents:
             # is found: a later frame's worst region may be something else.
             lost = run.follower is None or run.follower.lost
             if self.follow and lost and regions is not None and len(regions):
-                run.follower = ObjectFollower(regions[0][:4], frame)
+                run.follower = ObjectFollower(regions[0][:4], frame, self.track_gap)
             if score > run.peak_score:
                 run.peak, run.peak_score, run.peak_box = frame, score, box
             if not run.opened and frame - run.core_start + 1 >= self.min_frames:
@@ -180,7 +181,7 @@ class StreamEvents:
 
     def event(self, run: _Run, tracks: bool = False) -> Event:
         """The event as far as it is known; its tracks (linked over all its frames) when it closes."""
-        linked = link_tracks(run.regions, min(run.regions), run.end) if tracks and run.regions else []
+        linked = link_tracks(run.regions, min(run.regions), run.end, self.track_gap) if tracks and run.regions else []
         return Event(
             start_frame=run.start,
             end_frame=run.end,

@@ -110,8 +110,14 @@ def _tightened(
 
 # --- tracks --------------------------------------------------------------------------------------------------
 
-TRACK_GAP = 3  # frames a track may miss and still be continued
+TRACK_GAP = 3  # frames a track may miss and still be continued (at 10 frames/s or slower)
+TRACK_GAP_SECONDS = 0.3  # the same at faster rates, in time: an occlusion lasts as long at 25 frames/s
 MIN_TRACK = 3  # frames: a shorter track is flicker, dropped unless its frames would be left with no region
+
+
+def track_gap(fps: float) -> int:
+    """Frames a track may miss at ``fps``: TRACK_GAP, or TRACK_GAP_SECONDS' worth where that is more."""
+    return max(TRACK_GAP, round(TRACK_GAP_SECONDS * fps))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -135,10 +141,10 @@ def _entry(frame: int, region: np.ndarray) -> list[float]:
 
 
 def link_tracks(
-    regions: Sequence[np.ndarray] | Mapping[int, np.ndarray], start: int, end: int
+    regions: Sequence[np.ndarray] | Mapping[int, np.ndarray], start: int, end: int, gap: int = TRACK_GAP
 ) -> list[list[list[float]]]:
     """Tracks through frames ``start..end`` (inclusive) of each frame's ``regions``: lists of
-    ``[frame, x0, y0, x1, y1, score]``."""
+    ``[frame, x0, y0, x1, y1, score]``; a track continues across at most ``gap`` frames without its object."""
     tracks: list[list[list[float]]] = []
     for frame in range(start, end + 1):
         taken: set[int] = set()
@@ -146,7 +152,7 @@ def link_tracks(
             best, best_iou = None, 0.0
             for index, track in enumerate(tracks):
                 last = np.asarray(track[-1][1:5])
-                if index in taken or frame - track[-1][0] > TRACK_GAP + 1:
+                if index in taken or frame - track[-1][0] > gap + 1:
                     continue
                 iou = box_iou(last, region[:4])
                 if iou > best_iou or (best is None and _near(last, region[:4])):
@@ -189,12 +195,13 @@ class ObjectFollower:
 
     box: np.ndarray
     last: int  # the last frame the object was found in
+    gap: int = TRACK_GAP  # frames it may be missing and still be followed (track_gap at the stream's rate)
     misses: int = 0  # frames since then
 
     @property
     def lost(self) -> bool:
-        """Missing for more than TRACK_GAP frames: the object left, or no longer stands out."""
-        return self.misses > TRACK_GAP
+        """Missing for more than ``gap`` frames: the object left, or no longer stands out."""
+        return self.misses > self.gap
 
     def see(self, frame: int, regions: np.ndarray | None) -> bool:
         """Look for the object among a frame's regions; True when it is there."""
@@ -210,10 +217,10 @@ class ObjectFollower:
         return True
 
 
-def followed_back(regions: Mapping[int, np.ndarray], frame: int, box: np.ndarray) -> int:
+def followed_back(regions: Mapping[int, np.ndarray], frame: int, box: np.ndarray, gap: int = TRACK_GAP) -> int:
     """The first frame of the object in ``box`` at ``frame``, followed back through the frames ``regions`` holds
-    (consecutive frame numbers up to ``frame``)."""
-    follower = ObjectFollower(np.asarray(box), frame)
+    (consecutive frame numbers up to ``frame``), missing for at most ``gap`` frames at a time."""
+    follower = ObjectFollower(np.asarray(box), frame, gap)
     earlier = frame - 1
     while earlier in regions and not follower.lost:
         follower.see(earlier, regions[earlier])
