@@ -216,3 +216,19 @@ def test_frame_cache_never_serves_stale_frames(tmp_path: Path) -> None:
     (second,) = train_module.cache_frames([Video(path)], (32, 32), tmp_path / "cache", None)
     assert second.shape == (40, 32, 32)
     assert not np.array_equal(second[:32], first)
+
+
+def test_the_default_smoothing_is_a_fifth_of_a_second_of_the_footage_and_at_least_two_frames(
+    unbroken, tmp_path: Path
+) -> None:
+    """Scores are smoothed over time, not over a count of frames: at 30 frames/s 6 frames, as 2 at 10; below 10
+    frames/s never under 2 frames."""
+    _, at_10 = unbroken
+    assert at_10.calibration["smooth_sigma"] == 2.0
+    for seed in range(3):  # 144 frames at 30 frames/s last as long as 48 at 10
+        write_video(tmp_path / "fast" / f"v{seed}.avi", make_frames(144, seed=seed), fps=30.0)
+    at_30 = run(tmp_path / "fast", tmp_path / "out")
+    assert at_30.calibration["smooth_sigma"] == 6.0
+    assert at_30.training["scoring"]["smooth_sigma"] == 6.0
+    assert ScoringSettings().at_fps(5.0).smooth_sigma == 2.0
+    assert ScoringSettings(smooth_sigma=3.0).at_fps(30.0).smooth_sigma == 3.0  # asked for: kept

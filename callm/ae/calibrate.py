@@ -217,6 +217,18 @@ class NormalFootage:
     speed_rows: np.ndarray | None  # (n, rows, k) row tops, or None where flow is not mixed in
 
 
+# The default temporal smoothing: 0.2 s, but never under 2 frames (Ped2's 10 frames/s gives 2 either way). Scores
+# come from 16-frame windows, so below 10 frames/s 2 frames still smooth a window's worth; above it, a sigma in
+# frames would smooth ever less time (0.07 s at 30 frames/s), and single-frame peaks of normal footage would raise
+# the threshold.
+SMOOTH_SECONDS, MIN_SMOOTH_FRAMES = 0.2, 2.0
+
+
+def smoothing_frames(fps: float) -> float:
+    """The default smoothing sigma, in frames of footage at ``fps``."""
+    return round(max(MIN_SMOOTH_FRAMES, SMOOTH_SECONDS * fps), 2)
+
+
 @dataclass(frozen=True)
 class ScoringSettings:
     """How frames are scored and the gate is set; stored in the calibration so detect scores the same way."""
@@ -226,11 +238,15 @@ class ScoringSettings:
     top_k: int = 4
     flow_weight: float = 0.5
     speed_top_k: int = 4
-    smooth_sigma: float = 2.0  # frames; 0.2 s at Ped2's 10 fps
+    smooth_sigma: float | None = None  # frames; None = smoothing_frames at the footage's rate (see at_fps)
     sustain_seconds: float = SUSTAIN_SECONDS  # how long a speed must be kept up to count fully
     stride: int = 8
     quantile: float = 0.99  # of normal windows below the threshold
     hold_quantile: float = HOLD_QUANTILE  # of normal frames an event's score must stay above to last; 0 = none
+
+    def at_fps(self, fps: float) -> ScoringSettings:
+        """These settings for footage at ``fps``: the default smoothing made frames of it."""
+        return self if self.smooth_sigma is not None else replace(self, smooth_sigma=smoothing_frames(fps))
 
     def measure(self, height: int) -> ErrorMeasure:
         patch = max(1, round(self.patch_fraction * height)) if self.patch_fraction > 0 else 0
@@ -293,6 +309,9 @@ def calibrate(
     """
     if not footage:
         raise CallmError("calibration needs normal footage the model did not train on")
+    sigma = settings.smooth_sigma
+    if sigma is None:
+        raise ValueError("calibrate needs the smoothing in frames: pass settings.at_fps(fps)")
     flow_weight = settings.flow_weight if all(f.speed_rows is not None for f in footage) else 0.0
     psnr = np.concatenate([f.psnr for f in footage])
     psnr_center, psnr_scale = robust_center_scale(psnr)
@@ -304,16 +323,14 @@ def calibrate(
         speeds = [speed_signal(r, profile, settings.speed_top_k) for r in rows]
         speed_center, speed_scale = robust_center_scale(np.concatenate(speeds))  # type: ignore[arg-type]
     partial = Calibration(
-        error=measure.kind, patch=measure.patch, top_k=measure.top_k, smooth_sigma=settings.smooth_sigma,
+        error=measure.kind, patch=measure.patch, top_k=measure.top_k, smooth_sigma=sigma,
         stride=settings.stride, psnr_center=psnr_center, psnr_scale=psnr_scale, threshold=math.inf,
         quantile=settings.quantile, holdout_frames=int(psnr.size), holdout_videos=tuple(f.name for f in footage),
         flow_weight=flow_weight, speed_profile=profile.per_row, speed_top_k=settings.speed_top_k,
         motion_step=timing.step, sustain_seconds=settings.sustain_seconds, sustain_frames=timing.sustain,
         speed_center=speed_center, speed_scale=speed_scale, version=VERSION,
     )  # fmt: skip
-    smoothed = [
-        smooth_curve(partial.mixed(f.psnr, s), settings.smooth_sigma) for f, s in zip(footage, speeds, strict=True)
-    ]
+    smoothed = [smooth_curve(partial.mixed(f.psnr, s), sigma) for f, s in zip(footage, speeds, strict=True)]
     score_center, score_scale = robust_center_scale(np.concatenate(smoothed))
     standardised = [(s - score_center) / score_scale for s in smoothed]
     frame_scores = np.concatenate(standardised)

@@ -36,6 +36,7 @@ def recalibrate(
     measure = settings.measure(weights.config.height)
     uses_flow = settings.flow_weight > 0
     timing = FlowTiming.for_fps(videos[0].info.fps, settings.sustain_seconds)
+    settings = settings.at_fps(videos[0].info.fps)
     scorer = FrameScorer(
         weights.model, measure, device, dtype, stride=settings.stride, motion_step=timing.step,
         sustain=timing.sustain, flow="rows" if uses_flow else "off",

@@ -299,6 +299,7 @@ def train_ae(
     groups = cross_fit_parts(names, arrays, settings.folds)
     all_frames = sum(len(a) for a in arrays)
     timing = FlowTiming.for_fps(sources[0].info.fps, scoring.sustain_seconds)
+    scoring = scoring.at_fps(sources[0].info.fps)
     began = time.perf_counter()
     footage: list[NormalFootage] = []
     fold_steps: list[int] = []

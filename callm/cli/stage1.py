@@ -94,7 +94,7 @@ def _checked(settings: ScoringSettings) -> ScoringSettings:
     numbers = (("--smooth", settings.smooth_sigma), ("--flow-weight", settings.flow_weight),
                ("--region", settings.patch_fraction), ("--hold", settings.hold_quantile))  # fmt: skip
     for name, value in numbers:
-        if not math.isfinite(value) or value < 0:
+        if value is not None and (not math.isfinite(value) or value < 0):
             raise CallmError(f"{name} must be a number >= 0, got {value}")
     if settings.flow_weight > 1 or settings.patch_fraction > 1 or settings.hold_quantile >= 1:
         raise CallmError("--flow-weight and --region are shares between 0 and 1, --hold a share below 1")
@@ -124,7 +124,10 @@ def train_ae_command(
         int, typer.Option(help="Cross-fitting folds: each part of the footage is scored by a model not trained on it.")
     ] = 2,
     quantile: Annotated[float, typer.Option(help="Share of normal 16-frame windows below the threshold.")] = 0.99,
-    smooth: Annotated[float, typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames).")] = 2.0,
+    smooth: Annotated[
+        float | None,
+        typer.Option(help="Temporal smoothing of the scores (Gaussian sigma, frames; default: 0.2 s, at least 2)."),
+    ] = None,
     flow_weight: Annotated[
         float, typer.Option(help="Share of the optical-flow speed signal in the score (0 = the autoencoder alone).")
     ] = 0.5,
