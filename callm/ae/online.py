@@ -80,8 +80,13 @@ class _Run:
     peak_box: list[int]
     regions: dict[int, np.ndarray] = field(default_factory=dict)
     extending: bool = True  # every frame since last_above has been raised: the event still reaches on
-    follower: ObjectFollower | None = None  # the object it follows on in time (see push), while found
+    follower: ObjectFollower | None = None  # the object it follows on in time (see push)
     opened: bool = False
+
+    @property
+    def followed(self) -> ObjectFollower | None:
+        """The object the event follows, while it is still found."""
+        return self.follower if self.follower is not None and not self.follower.lost else None
 
 
 class StreamEvents:
@@ -127,10 +132,9 @@ class StreamEvents:
         run = self.run
         if run is not None:
             run.extending = run.extending and raised
-            follower = run.follower
-            seen = follower is not None and not follower.lost and follower.see(frame, regions)
-            following = follower is not None and not follower.lost
-            if frame - run.last_above > self.max_gap + 1 and not run.extending and not following:
+            followed = run.followed
+            seen = followed is not None and followed.see(frame, regions)
+            if frame - run.last_above > self.max_gap + 1 and not run.extending and run.followed is None:
                 out += self.flush()
                 self.recent = {f: r for f, r in run.regions.items() if f > run.end}
                 run = None
@@ -160,8 +164,7 @@ class StreamEvents:
             run.extending = True
             # The object followed is the worst region of the run's first frame above the threshold, kept while it
             # is found: a later frame's worst region may be something else.
-            lost = run.follower is None or run.follower.lost
-            if self.follow and lost and regions is not None and len(regions):
+            if self.follow and run.followed is None and regions is not None and len(regions):
                 run.follower = ObjectFollower(regions[0][:4], frame, self.track_gap)
             if score > run.peak_score:
                 run.peak, run.peak_score, run.peak_box = frame, score, box

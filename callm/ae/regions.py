@@ -195,7 +195,7 @@ class ObjectFollower:
 
     box: np.ndarray
     last: int  # the last frame the object was found in
-    gap: int = TRACK_GAP  # frames it may be missing and still be followed (track_gap at the stream's rate)
+    gap: int  # frames it may be missing and still be followed (track_gap at the stream's rate)
     misses: int = 0  # frames since then
 
     @property
@@ -217,7 +217,7 @@ class ObjectFollower:
         return True
 
 
-def followed_back(regions: Mapping[int, np.ndarray], frame: int, box: np.ndarray, gap: int = TRACK_GAP) -> int:
+def followed_back(regions: Mapping[int, np.ndarray], frame: int, box: np.ndarray, gap: int) -> int:
     """The first frame of the object in ``box`` at ``frame``, followed back through the frames ``regions`` holds
     (consecutive frame numbers up to ``frame``), missing for at most ``gap`` frames at a time."""
     follower = ObjectFollower(np.asarray(box), frame, gap)
