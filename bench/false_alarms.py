@@ -45,6 +45,7 @@ def main() -> None:
     device = pick_device("auto")
     dtype = parse_dtype(args.dtype, device)
     videos = find_videos([args.data / "training" / "frames"])
+    base = load(args.calibrate, device) if args.calibrate else None
     per_fold = len(videos) // FOLDS
     folds = []
     for k in range(FOLDS):
@@ -54,8 +55,7 @@ def main() -> None:
         began = time.perf_counter()
         if not (out / "ae.json").is_file():
             with make_progress() as progress:
-                if args.calibrate:
-                    base = load(args.calibrate, device)
+                if base is not None:
                     footage = [Video(v) for v in train]
                     save(recalibrate(base, footage, scoring_of(base), device, dtype, progress), out)
                 else:
